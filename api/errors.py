@@ -1,0 +1,59 @@
+"""One table from library errors to HTTP responses, installed once on the app."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tilesight.errors import TilesightError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def _body(message: str, **detail: object) -> dict[str, object]:
+    return {"error": message, **({"detail": detail} if detail else {})}
+
+
+async def tilesight_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TilesightError)
+    headers = {}
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.status_code >= 500 and exc.status_code not in (502, 503):
+        log.error("unhandled library error", exc_info=exc)
+    return JSONResponse(_body(exc.message, **exc.detail), exc.status_code, headers=headers)
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return JSONResponse(
+        {"error": f"invalid request: {where}: {first['msg']}", "detail": {"errors": errors}}, 422
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return JSONResponse(_body(message), exc.status_code, headers=exc.headers)
+
+
+async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(_body("internal error; it has been logged"), 500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TilesightError, tilesight_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unhandled_error)

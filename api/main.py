@@ -1,0 +1,67 @@
+"""The app factory: builds the FastAPI app for one `Settings`, so tests can build their own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from api import errors
+from api.middleware import RequestContext
+from api.routes import health
+from tilesight.db import make_engine, make_sessionmaker
+from tilesight.logs import configure_logging
+from tilesight.settings import Settings, get_settings
+from tilesight.triton import TritonClient
+
+ROUTERS = [health.router]
+
+DESCRIPTION = """
+Tilesight serves aerial imagery as XYZ tiles and paints a building-detection model's
+predictions on top, live. Area jobs turn a drawn polygon into building footprints in
+PostGIS, downloadable as GeoJSON. Every error is a JSON body with an `error` message
+that says what to change.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=2,
+            socket_connect_timeout=1,
+            health_check_interval=10,
+        )
+        app.state.triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
+        try:
+            yield
+        finally:
+            await app.state.triton.close()
+            await app.state.redis.aclose()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Tilesight",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(RequestContext)
+    for router in ROUTERS:
+        app.include_router(router)
+    if (settings.web_dir / "index.html").exists():
+        app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
+    return app

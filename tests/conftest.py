@@ -1,0 +1,79 @@
+"""Shared fixtures: settings for a private stack on free ports, and the real stack itself.
+
+The stack is started once per test session through the same `tilesight.stack` code that
+`tilesight up` uses, in a temporary home, so tests never touch a developer's own stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tilesight.settings import PROJECT_ROOT, Settings
+from tilesight.stack import Stack, free_port
+
+TEST_OUTPUT = PROJECT_ROOT / "test-output"
+
+
+@pytest.fixture(scope="session")
+def test_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="tilesight-test-"))
+    yield home
+    if not os.environ.get("TILESIGHT_KEEP_TEST_HOME"):
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(test_home: Path) -> Settings:
+    return Settings(
+        environment="test",
+        home=test_home,
+        api_port=free_port(),
+        postgres_port=free_port(),
+        redis_port=free_port(),
+        triton_http_port=free_port(),
+        triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(),
+        load_demo=True,
+        remote_allowlist=["127.0.0.1", "localhost"],
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Stack]:
+    """The whole local stack (PostGIS, Redis, Triton, worker, API), with the demo data loaded."""
+    from tilesight.db import migrate
+    from tilesight.demo import load_demo
+
+    stack = Stack(settings)
+
+    def on_ready(name: str) -> None:
+        if name == "postgres":
+            migrate(settings)
+
+    try:
+        stack.start(on_ready=on_ready)
+        for _ in load_demo(settings):
+            pass
+        yield stack
+    finally:
+        stack.stop()
+        _keep_logs(settings)
+
+
+def _keep_logs(settings: Settings) -> None:
+    """Copy the stack's logs under test-output/ so a CI failure can be read afterwards."""
+    target = TEST_OUTPUT / "stack-logs"
+    target.mkdir(parents=True, exist_ok=True)
+    for log in settings.run_dir.glob("*.log"):
+        shutil.copy2(log, target / log.name)
+
+
+@pytest.fixture(scope="session")
+def api_url(stack: Stack) -> str:
+    return stack.settings.api_url

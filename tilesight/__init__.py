@@ -1,0 +1,1 @@
+"""Tilesight: aerial imagery tiles with live building detection."""

@@ -1,0 +1,21 @@
+"""The `tilesight` command: one typer app, each command group in tilesight/commands/."""
+
+from __future__ import annotations
+
+import typer
+
+from tilesight.commands import stack
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Aerial imagery tiles with live building detection.",
+)
+app.command()(stack.up)
+app.command()(stack.down)
+app.command()(stack.status)
+app.command()(stack.migrate)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Thin typer commands; the library modules know nothing of the command line."""

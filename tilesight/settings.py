@@ -1,0 +1,106 @@
+"""Configuration, read once from `TILESIGHT_*` environment variables and a `.env` file.
+
+Everything that differs between a laptop, CI and a cluster (ports, paths, URLs, limits)
+lives here, so no other module reads `os.environ`. Tests build their own `Settings`
+with free ports and a temporary home, which is why nothing below is a module-level
+singleton except the cached default used by the CLI.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """All settings of one Tilesight deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TILESIGHT_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    environment: str = Field("development", description="development, test or production")
+    home: Path = Field(PROJECT_ROOT / ".tilesight", description="state: databases, logs, COGs")
+    host: str = "127.0.0.1"
+
+    # ports of the local stack
+    api_port: int = 8080
+    postgres_port: int = 5433
+    redis_port: int = 6380
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+
+    # where services live; empty means "the local stack on the ports above"
+    database_url: str = ""
+    redis_url: str = ""
+    triton_url: str = Field("", description="host:port of Triton's gRPC endpoint")
+    triton_http_url: str = ""
+    celery_broker_url: str = ""
+
+    model_repo: Path = PROJECT_ROOT / "model_repo"
+    default_model: str = "buildings"
+    demo_data: Path = PROJECT_ROOT / "data" / "demo"
+    data_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories local source paths may come from (symlinks resolved)",
+    )
+    remote_allowlist: list[str] = Field(
+        default_factory=list, description="hosts allowed for remote reads despite being private"
+    )
+    load_demo: bool = True
+    web_dir: Path = PROJECT_ROOT / "web"
+
+    # timeouts and limits
+    triton_timeout_s: float = 10.0
+    request_timeout_s: float = 30.0
+    tile_cache_ttl_s: int = 24 * 3600
+    upload_max_bytes: int = 512 * 1024 * 1024
+    job_max_area_km2: float = 50.0
+    job_max_tiles: int = 20_000
+    job_chunk_tiles: int = 16
+    celery_visibility_timeout_s: int = 3600
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> Settings:
+        """Fill service URLs from the local-stack ports unless given explicitly."""
+        if not self.database_url:
+            self.database_url = (
+                f"postgresql+psycopg://tilesight@{self.host}:{self.postgres_port}/tilesight"
+            )
+        if not self.redis_url:
+            self.redis_url = f"redis://{self.host}:{self.redis_port}/0"
+        if not self.celery_broker_url:
+            self.celery_broker_url = self.redis_url
+        if not self.triton_url:
+            self.triton_url = f"{self.host}:{self.triton_grpc_port}"
+        if not self.triton_http_url:
+            self.triton_http_url = f"{self.host}:{self.triton_http_port}"
+        if not self.data_roots:
+            self.data_roots = [self.home / "data", self.demo_data]
+        return self
+
+    @property
+    def sources_dir(self) -> Path:
+        """Where registered imagery (COGs made on registration, uploads) is kept."""
+        return self.home / "data" / "sources"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and logs of the local stack."""
+        return self.home / "run"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

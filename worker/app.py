@@ -1,0 +1,48 @@
+"""The Celery application: a `gpu` queue for inference and training, a `cpu` queue for the rest.
+
+Tasks are acknowledged late and prefetched one at a time, so a worker killed mid-task
+hands its task back to the broker instead of losing it; every task is written to be
+idempotent for that reason. The visibility timeout is set above the longest task.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from tilesight.settings import get_settings
+
+TASK_MODULES = ["worker.tasks"]
+
+
+def create_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("tilesight", broker=settings.celery_broker_url, backend=settings.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in ("gpu", "cpu")],
+        task_default_queue="cpu",
+        task_routes={
+            "tilesight.jobs.run_chunk": {"queue": "gpu", "routing_key": "gpu"},
+            "tilesight.training.*": {"queue": "gpu", "routing_key": "gpu"},
+            "tilesight.*": {"queue": "cpu", "routing_key": "cpu"},
+        },
+        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
+        result_backend_transport_options={
+            "visibility_timeout": settings.celery_visibility_timeout_s
+        },
+        broker_connection_retry_on_startup=True,
+        result_expires=24 * 3600,
+        worker_hijack_root_logger=False,
+        task_track_started=True,
+    )
+    app.autodiscover_tasks(TASK_MODULES, related_name=None, force=True)
+    return app
+
+
+app = create_celery()
