@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tilesight.errors import TilesightError, Unavailable
+from api.middleware import BodyTooLarge
+from tilesight.errors import TilesightError
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,9 @@ def _body(message: str, **detail: object) -> dict[str, object]:
 async def tilesight_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TilesightError)
     headers = {}
-    if isinstance(exc, Unavailable):
-        headers["Retry-After"] = str(exc.retry_after)
+    retry_after = getattr(exc, "retry_after", None)  # Unavailable, RateLimited
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     if exc.status_code >= 500 and exc.status_code not in (502, 503):
         log.error("unhandled library error", exc_info=exc)
     return JSONResponse(_body(exc.message, **exc.detail), exc.status_code, headers=headers)
@@ -52,7 +54,13 @@ async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body("internal error; it has been logged"), 500)
 
 
+async def body_too_large(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyTooLarge)
+    return JSONResponse(_body(str(exc), limit=exc.limit), 413)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(BodyTooLarge, body_too_large)
     app.add_exception_handler(TilesightError, tilesight_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -6,18 +6,32 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.access import access
 from api.middleware import RequestContext
-from api.routes import health
+from api.routes import health, keys, metrics
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.logs import configure_logging
 from tilesight.settings import Settings, get_settings
 from tilesight.triton import TritonClient
 
-ROUTERS = [health.router]
+ROUTERS = [health.router, metrics.router, keys.router]
+
+# Who may call each router (keyed by the router's first tag) and from which rate budget;
+# reads need `read`, writes the scope named. Routers not listed are open (health, metrics).
+POLICIES = {
+    "tiles": access(budget="tiles", public=True),
+    "predictions": access(budget="predictions", public=True),
+    "sources": access(write="admin"),
+    "models": access(write="admin"),
+    "jobs": access(write="submit", budget="jobs"),
+    "buildings": access(budget="tiles"),
+    "training": access(write="submit", budget="jobs"),
+    "keys": access(read="admin", write="admin"),
+}
 
 DESCRIPTION = """
 Tilesight serves aerial imagery as XYZ tiles and paints a building-detection model's
@@ -59,9 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     for router in ROUTERS:
-        app.include_router(router)
+        policy = POLICIES.get(str(router.tags[0])) if router.tags else None
+        app.include_router(router, dependencies=[Depends(policy)] if policy else None)
     if (settings.web_dir / "index.html").exists():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     return app

@@ -1,7 +1,8 @@
-"""Request ids and one structured log line per request."""
+"""Request ids, body size limits, metrics and one structured log line per request."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -9,15 +10,20 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tilesight.logs import request_id
+from tilesight.telemetry import LATENCY, REQUESTS
 
 log = logging.getLogger("tilesight.access")
+
+# routes with their own, larger, streamed limit
+UNLIMITED_BODY_PATHS = ("/sources/upload",)
 
 
 class RequestContext:
     """Pure ASGI middleware (no BaseHTTPMiddleware) so streaming responses stay streamed."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 2 * 1024 * 1024) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,13 +39,19 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if self._too_large(scope, headers):
+                await _too_large(send_with_id, self.max_body_bytes)
+            else:
+                await self.app(scope, self._limited(scope, receive), send_with_id)
         finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(scope["method"], route).observe(elapsed)
             log.info(
                 "%s %s %s",
                 scope["method"],
@@ -47,8 +59,55 @@ class RequestContext:
                 status,
                 extra={
                     "ctx_status": status,
-                    "ctx_path": scope["path"],
-                    "ctx_ms": round((time.perf_counter() - start) * 1000, 1),
+                    "ctx_route": route,
+                    "ctx_ms": round(elapsed * 1000, 1),
                 },
             )
             request_id.reset(token)
+
+    def _too_large(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        if scope["path"].startswith(UNLIMITED_BODY_PATHS):
+            return False
+        length = headers.get(b"content-length")
+        return length is not None and length.isdigit() and int(length) > self.max_body_bytes
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        """Counts a body sent without content-length and cuts it off at the limit."""
+        if scope["path"].startswith(UNLIMITED_BODY_PATHS):
+            return receive
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return wrapped
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps(
+        {"error": f"request body too large: the limit is {limit} bytes", "detail": {"limit": limit}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

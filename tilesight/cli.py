@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tilesight.commands import stack
+from tilesight.commands import keys, stack
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +15,7 @@ app.command()(stack.up)
 app.command()(stack.down)
 app.command()(stack.status)
 app.command()(stack.migrate)
+app.add_typer(keys.app, name="keys")
 
 
 if __name__ == "__main__":

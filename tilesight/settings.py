@@ -65,6 +65,22 @@ class Settings(BaseSettings):
     job_max_tiles: int = 20_000
     job_chunk_tiles: int = 16
     celery_visibility_timeout_s: int = 3600
+    max_body_bytes: int = Field(2 * 1024 * 1024, description="JSON bodies; uploads have their own")
+
+    # access control and fairness
+    auth_required: bool = Field(False, description="every request needs an API key")
+    public_tiles: bool = Field(True, description="imagery and prediction tiles need no key")
+    rate_limits: dict[str, list[float]] = Field(
+        default_factory=lambda: {
+            "tiles": [200.0, 800.0],
+            "predictions": [60.0, 240.0],
+            "jobs": [1.0, 20.0],
+            "default": [50.0, 200.0],
+        },
+        description="budget -> [tokens per second, burst], per API key or client address",
+    )
+    max_active_jobs_per_key: int = 4
+    max_queued_chunks: int = 5000
 
     @model_validator(mode="after")
     def _derive_urls(self) -> Settings:

@@ -440,6 +440,7 @@ class TritonLayout:
         self.backend_dir = settings.home / "triton-backends"
 
     def prepare(self) -> None:
+        self.settings.model_repo.mkdir(parents=True, exist_ok=True)
         python_dir = self.backend_dir / "python"
         if not (python_dir / "triton_python_backend_stub").exists():
             python_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,42 @@
+"""Prometheus metrics: request counts and latency, cache hits, Triton latency, queues, jobs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select
+
+from tilesight.telemetry import JOBS, QUEUE_DEPTH
+from tilesight.tables import Job
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(request: Request) -> Response:
+    await asyncio.gather(_queue_depth(request), _jobs_by_state(request), return_exceptions=True)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _queue_depth(request: Request) -> None:
+    redis = request.app.state.redis
+    for queue in ("gpu", "cpu"):
+        QUEUE_DEPTH.labels(queue).set(await redis.llen(queue))
+
+
+async def _jobs_by_state(request: Request) -> None:
+    def count() -> dict[str, int]:
+        with request.app.state.sessionmaker() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
+            return {state: n for state, n in rows}
+
+    counts = await asyncio.to_thread(count)
+    for state in ("queued", "running", "merging", "done", "failed", "cancelled"):
+        JOBS.labels(state).set(counts.get(state, 0))
