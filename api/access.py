@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from tilesight.errors import Forbidden, TilesightError, Unauthorized
 from tilesight.keys import ANONYMOUS, Principal, authenticate
-from tilesight.telemetry import RATE_LIMITED
 from tilesight.ratelimit import Budget, RateLimiter
+from tilesight.telemetry import RATE_LIMITED
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,38 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.middleware import BodyTooLarge
 from tilesight.errors import TilesightError
 
 log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """Every error a client can cause: a sentence saying what to change, and details."""
+
+    error: str
+    detail: dict[str, object] | None = None
+
+
+_ERRORS = {
+    400: "invalid input: the message says what to change",
+    401: "an API key is needed or the one sent is not valid",
+    403: "the API key lacks the scope this needs",
+    404: "no such resource, or outside the data",
+    409: "conflicts with the current state",
+    413: "too large: the message gives the limit",
+    422: "the request does not validate: the message names the field",
+    429: "rate limited: retry after the Retry-After seconds",
+    502: "a remote server failed",
+    503: "a dependency is unavailable: retry after the Retry-After seconds",
+}
+COMMON_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()
+}
 
 
 def _body(message: str, **detail: object) -> dict[str, object]:
@@ -59,7 +85,14 @@ async def body_too_large(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(str(exc), limit=exc.limit), 413)
 
 
+async def data_error(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL refused a value the validation let through (a NUL byte, an overflow)."""
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    return JSONResponse(_body(f"a value in the request cannot be stored: {reason}"), 400)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(DataError, data_error)
     app.add_exception_handler(BodyTooLarge, body_too_large)
     app.add_exception_handler(TilesightError, tilesight_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -76,7 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     for router in ROUTERS:
         policy = POLICIES.get(str(router.tags[0])) if router.tags else None
-        app.include_router(router, dependencies=[Depends(policy)] if policy else None)
+        app.include_router(
+            router,
+            dependencies=[Depends(policy)] if policy else None,
+            responses=errors.COMMON_RESPONSES,
+        )
     if (settings.web_dir / "index.html").exists():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     return app

@@ -234,6 +234,7 @@ class Stack:
                 triton.command,
                 lambda: _http_ok(f"http://{s.triton_http_url}/v2/health/live"),
                 prepare=triton.prepare,
+                after_start=triton.load_models,
                 env={**base_env, **triton.env()},
                 start_timeout_s=120.0,
                 stop_timeout_s=10.0,
@@ -481,8 +482,19 @@ class TritonLayout:
             "--exit-timeout-secs=2",
             "--log-verbose=0",
         ]
-        cmd += [f"--load-model={name}" for name in self.models()]
         return cmd
+
+    def load_models(self) -> None:
+        """Ask Triton to load each model after start, not with --load-model: a model that
+        fails to load must leave the server up (serving the others, answering 503 for it)."""
+        for name in self.models():
+            url = f"http://{self.settings.triton_http_url}/v2/repository/models/{name}/load"
+            request = urllib.request.Request(url, data=b"", method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=300):  # noqa: S310
+                    log.info("triton loaded %s", name)
+            except OSError as exc:
+                log.warning("triton could not load %s: %s", name, exc)
 
 
 def _run(cmd: list[str], run_as: str | None = None) -> None:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
-from tilesight.telemetry import JOBS, QUEUE_DEPTH
 from tilesight.tables import Job
+from tilesight.telemetry import JOBS, QUEUE_DEPTH
 
 router = APIRouter(tags=["operations"])
 
