@@ -1,0 +1,145 @@
+"""Chunk writes and the seam merge against a real PostGIS, with a fake predictor.
+
+Only the model is faked (a synthetic probability map), so the idempotent writes, the
+progress count, the last-chunk decision and the merge SQL run for real. The test gets
+its own PostgreSQL (no Triton, no worker), started through the stack launcher.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import pytest
+from shapely.geometry import box, mapping
+from sqlalchemy import func, select
+
+from tilesight import tables
+from tilesight.db import make_engine, make_sessionmaker, migrate, session_scope
+from tilesight.jobs import chunk
+from tilesight.jobs.plan import Tile, plan_job
+from tilesight.settings import Settings
+from tilesight.stack import Stack, free_port
+
+Z, X0, Y0 = 19, 319290, 270958  # a 2x2-block grid of 4x4-tile chunks, aligned to 4
+
+
+@pytest.fixture(scope="module")
+def factory() -> Iterator:
+    home = Path(tempfile.mkdtemp(prefix="tilesight-chunk-"))
+    settings = Settings(environment="test", home=home, postgres_port=free_port(), load_demo=False)
+    stack = Stack(settings, components=["postgres"])
+    try:
+        stack.start()
+        migrate(settings)
+        engine = make_engine(settings)
+        yield make_sessionmaker(engine)
+        engine.dispose()
+    finally:
+        stack.stop()
+
+
+def building_map(tiles: list[Tile]) -> dict[Tile, np.ndarray]:
+    """A synthetic world: one 60 x 100 px building across the vertical seam at x = X0 + 2
+    (block edge, 4-aligned), plus one building wholly inside the first chunk."""
+    out = {}
+    for x, y, z in tiles:
+        p = np.zeros((2, 256, 256), np.float32)
+        gx0, gy0 = (x - X0) * 256, (y - Y0) * 256
+        for r0, c0, r1, c1 in ((300, 2 * 256 - 50, 360, 2 * 256 + 50), (100, 100, 150, 160)):
+            rr = slice(max(r0 - gy0, 0), max(min(r1 - gy0, 256), 0))
+            cc = slice(max(c0 - gx0, 0), max(min(c1 - gx0, 256), 0))
+            p[1, rr, cc] = 0.95
+        out[(x, y, z)] = p
+    return out
+
+
+def make_job(factory) -> uuid.UUID:
+    west, north = mercantile.ul(X0, Y0, Z)
+    east, south = mercantile.ul(X0 + 4, Y0 + 2, Z)
+    aoi = box(west + 1e-7, south + 1e-7, east - 1e-7, north - 1e-7)
+    plan = plan_job(
+        mapping(aoi), zoom=Z, source_id="s", source_footprint=aoi.buffer(1),
+        chunk_tiles=16, max_area_km2=5, max_tiles=100,
+    )  # fmt: skip
+    assert len(plan.chunks) == 2
+    with session_scope(factory) as s:
+        if s.get(tables.Source, "s") is None:
+            s.add(tables.Source(id="s", name="s", kind="cog", uri="", original_uri="",
+                                bounds=[0, 0, 1, 1], minzoom=0, maxzoom=22))  # fmt: skip
+            s.flush()
+        from geoalchemy2.shape import from_shape
+
+        job = tables.Job(
+            source_id="s", model_name="m", model_version=1, aoi=from_shape(plan.aoi, 4326),
+            zoom=Z, tiles_total=len(plan.tiles), chunks_total=2, area_km2=plan.area_km2,
+            params={"side": plan.side, "options": {}},
+        )  # fmt: skip
+        s.add(job)
+        s.flush()
+        for c in plan.chunks:
+            s.add(tables.JobChunk(job_id=job.id, index=c.index, tiles=[list(t) for t in c.tiles]))
+        return job.id
+
+
+def fake_predict(tiles: list[Tile]):
+    return building_map(tiles), {"read": 0.0}
+
+
+def run(factory, job_id, index):
+    return chunk.run_chunk(
+        factory, job_id, index, predict=fake_predict,
+        classes=[{"name": "background"}, {"name": "building"}], threshold=0.5,
+    )  # fmt: skip
+
+
+def geoms(factory, job_id) -> list[str]:
+    with factory() as s:
+        rows = s.scalars(
+            select(func.ST_AsText(func.ST_Normalize(tables.Building.geom))).where(
+                tables.Building.job_id == job_id
+            )
+        ).all()
+    return sorted(rows)
+
+
+def test_rerun_replaces_rows_and_last_chunk_triggers_merge(factory) -> None:
+    job_id = make_job(factory)
+    first = run(factory, job_id, 0)
+    assert first.state == "done" and not first.merge and first.buildings == 2
+    again = run(factory, job_id, 0)  # re-delivery of a finished chunk: nothing changes
+    assert again.state == "skipped" and len(geoms(factory, job_id)) == 2
+    with session_scope(factory) as s:  # an attempt that died after writing, before "done"
+        s.get(tables.JobChunk, (job_id, 0)).state = "queued"
+    assert run(factory, job_id, 0).buildings == 2 and len(geoms(factory, job_id)) == 2
+    last = run(factory, job_id, 1)
+    assert last.merge
+    with factory() as s:
+        job = s.get(tables.Job, job_id)
+        assert (job.state, job.chunks_done) == ("merging", 2)
+    assert chunk.finish_job(factory, job_id) == "done"
+    merged = geoms(factory, job_id)
+    assert len(merged) == 2, merged  # the seam-cut building is one feature again
+    assert chunk.finish_job(factory, job_id) == "done"  # idempotent
+    assert geoms(factory, job_id) == merged
+    with factory() as s:
+        job = s.get(tables.Job, job_id)
+        assert job.buildings_count == 2 and "merge" in job.timings
+        areas = s.scalars(select(tables.Building.area_m2).where(tables.Building.job_id == job_id))
+        px_m2 = (0.2986 * np.cos(np.radians(6.05))) ** 2
+        assert sorted(round(a / px_m2) for a in areas) == pytest.approx([3000, 6000], rel=0.03)
+
+
+def test_cancelled_job_writes_nothing_and_failure_keeps_written_chunks(factory) -> None:
+    job_id = make_job(factory)
+    assert run(factory, job_id, 0).state == "done"
+    chunk.fail_chunk(factory, job_id, 1, "Unavailable: Triton is unreachable", attempts=4)
+    with factory() as s:
+        job = s.get(tables.Job, job_id)
+        assert job.state == "failed" and "chunk 1 failed after 4 attempts" in job.error
+    assert len(geoms(factory, job_id)) == 2
+    assert run(factory, job_id, 1).state == "skipped"

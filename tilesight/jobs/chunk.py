@@ -1,0 +1,224 @@
+"""One chunk of an area job, start to finish, and the job's last step (the seam merge).
+
+A chunk may run twice (a worker killed before it acknowledged, a retry), so its result
+is written in one transaction that first deletes what an earlier attempt of the same
+chunk wrote and counts progress from chunk rows. The job row is locked in that
+transaction, which serialises the "was this the last chunk?" decision: exactly one
+chunk moves the job to `merging`, and a re-delivered chunk that finds the job there
+asks for the (idempotent) merge again rather than assume it was queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from geoalchemy2.shape import from_shape, to_shape
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from tilesight import tables
+from tilesight.db import session_scope
+from tilesight.errors import NotFound
+from tilesight.jobs.merge import merge_seams
+from tilesight.jobs.plan import Tile
+from tilesight.jobs.vectorize import (
+    CleanParams,
+    Footprint,
+    building_channel,
+    mosaic_origin,
+    stitch,
+    vectorize,
+)
+
+# predicts one tile: [C, tilesize, tilesize] float32 probabilities; NotFound = no imagery
+TilePredictor = Callable[[Tile], Awaitable[np.ndarray]]
+
+
+@dataclass
+class ChunkResult:
+    state: str  # done | skipped | stopped
+    merge: bool = False  # the caller should queue the job's merge
+    buildings: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+async def predict_tiles(
+    predict: TilePredictor, tiles: list[Tile], concurrency: int = 8
+) -> dict[Tile, np.ndarray]:
+    """Every tile of the chunk, several in flight so Triton can batch them; tiles
+    without imagery are left out (they stay empty in the mosaic)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(tile: Tile) -> tuple[Tile, np.ndarray | None]:
+        async with gate:
+            try:
+                return tile, await predict(tile)
+            except NotFound:
+                return tile, None
+
+    results = await asyncio.gather(*(one(t) for t in tiles))
+    return {t: p for t, p in results if p is not None}
+
+
+def run_chunk(
+    factory: sessionmaker[Session],
+    job_id: uuid.UUID,
+    index: int,
+    *,
+    predict: Callable[[list[Tile]], tuple[dict[Tile, np.ndarray], dict[str, float]]],
+    classes: list[dict[str, Any]] | None,
+    threshold: float,
+    tilesize: int = 256,
+) -> ChunkResult:
+    """Infer, vectorise and write one chunk; a no-op when the job no longer wants it."""
+    with session_scope(factory) as session:
+        job = session.get(tables.Job, job_id)
+        chunk = session.get(tables.JobChunk, (job_id, index))
+        if job is None or chunk is None:
+            return ChunkResult("skipped")
+        if job.state in ("cancelled", "failed", "done"):
+            return ChunkResult("skipped")
+        if chunk.state == "done":
+            return ChunkResult("skipped", merge=job.state == "merging")
+        session.execute(
+            update(tables.Job)
+            .where(tables.Job.id == job_id, tables.Job.state == "queued")
+            .values(state="running", started_at=func.now())
+        )
+        tiles: list[Tile] = [tuple(t) for t in chunk.tiles]  # type: ignore[misc]
+        aoi = to_shape(job.aoi)
+        params = CleanParams.from_options(
+            (job.params or {}).get("options", {}),
+            threshold=float((job.params or {}).get("options", {}).get("threshold", threshold)),
+        )
+        model, version = job.model_name, job.model_version
+
+    t0 = time.perf_counter()
+    probs, stage_times = predict(tiles)
+    t1 = time.perf_counter()
+    channel = None
+    layers: dict[Tile, np.ndarray] = {}
+    for tile, p in probs.items():
+        channel = building_channel(classes, p.shape[0]) if channel is None else channel
+        layers[tile] = p[channel]
+    mosaic = stitch(layers, tiles, tilesize)
+    transform = mosaic_origin(tiles, tilesize)[4]
+    footprints = vectorize(mosaic, transform, aoi, params)
+    t2 = time.perf_counter()
+    # the predictor may split its time into read and infer; otherwise it all counts as infer
+    timings = {"infer": round(t1 - t0, 4), **stage_times, "vectorize": round(t2 - t1, 4)}
+    return _write(factory, job_id, index, footprints, timings, model, version, t2)
+
+
+def _write(
+    factory: sessionmaker[Session],
+    job_id: uuid.UUID,
+    index: int,
+    footprints: list[Footprint],
+    timings: dict[str, float],
+    model: str,
+    version: int,
+    started: float,
+) -> ChunkResult:
+    with session_scope(factory) as session:
+        job = session.get(tables.Job, job_id, with_for_update=True)
+        if job is None or job.state in ("cancelled", "failed", "done"):
+            return ChunkResult("stopped", timings=timings)
+        session.execute(
+            delete(tables.Building).where(
+                tables.Building.job_id == job_id, tables.Building.chunk_index == index
+            )
+        )
+        if footprints:
+            session.execute(
+                insert(tables.Building),
+                [
+                    {
+                        "job_id": job_id,
+                        "chunk_index": index,
+                        "geom": from_shape(f.geom, srid=4326),
+                        "area_m2": f.area_m2,
+                        "confidence": f.confidence,
+                        "model_name": model,
+                        "model_version": version,
+                        "merged": False,
+                    }
+                    for f in footprints
+                ],
+            )
+        timings["write"] = round(time.perf_counter() - started, 4)
+        chunk = session.get(tables.JobChunk, (job_id, index), with_for_update=True)
+        assert chunk is not None
+        chunk.state = "done"
+        chunk.attempts += 1
+        chunk.error = None
+        chunk.timings = timings
+        chunk.finished_at = func.now()
+        session.flush()
+        done = session.scalar(
+            select(func.count()).where(
+                tables.JobChunk.job_id == job_id, tables.JobChunk.state == "done"
+            )
+        )
+        job.chunks_done = done or 0
+        merge = job.chunks_done >= job.chunks_total
+        if merge:
+            job.state = "merging"
+        return ChunkResult("done", merge=merge, buildings=len(footprints), timings=timings)
+
+
+def fail_chunk(
+    factory: sessionmaker[Session], job_id: uuid.UUID, index: int, reason: str, attempts: int
+) -> None:
+    """A chunk that kept failing fails its job; chunks already written keep their rows."""
+    with session_scope(factory) as session:
+        job = session.get(tables.Job, job_id, with_for_update=True)
+        chunk = session.get(tables.JobChunk, (job_id, index), with_for_update=True)
+        if job is None or chunk is None or chunk.state == "done":
+            return
+        chunk.state = "failed"
+        chunk.attempts = attempts
+        chunk.error = reason
+        if job.state not in ("cancelled", "done", "failed"):
+            job.state = "failed"
+            job.error = f"chunk {index} failed after {attempts} attempts: {reason}"
+            job.finished_at = func.now()
+            job.buildings_count = (
+                session.scalar(select(func.count()).where(tables.Building.job_id == job_id)) or 0
+            )
+
+
+def finish_job(factory: sessionmaker[Session], job_id: uuid.UUID) -> str:
+    """Merge seam-cut buildings and mark the job done, in one transaction."""
+    with session_scope(factory) as session:
+        job = session.get(tables.Job, job_id, with_for_update=True)
+        if job is None or job.state != "merging":
+            return job.state if job else "missing"
+        t0 = time.perf_counter()
+        chunks = session.scalars(
+            select(tables.JobChunk.tiles).where(tables.JobChunk.job_id == job_id)
+        ).all()
+        side = int((job.params or {}).get("side", 4))
+        blocks = {(t[0][0] // side, t[0][1] // side) for t in chunks if t}
+        merge_seams(
+            session,
+            job_id,
+            blocks=blocks,
+            side=side,
+            zoom=job.zoom,
+            model=job.model_name,
+            version=job.model_version,
+        )
+        job.buildings_count = (
+            session.scalar(select(func.count()).where(tables.Building.job_id == job_id)) or 0
+        )
+        job.timings = {**(job.timings or {}), "merge": round(time.perf_counter() - t0, 4)}
+        job.state = "done"
+        job.finished_at = func.now()
+        return "done"

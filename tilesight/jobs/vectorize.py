@@ -1,0 +1,170 @@
+"""Stitched building probabilities of one chunk -> clean footprint polygons in EPSG:4326.
+
+The chunk's tiles are laid side by side on the Web-Mercator pixel grid, thresholded
+and traced with `rasterio.features.shapes`, so an outline that crosses a tile edge is
+one polygon and an outline cut by the chunk's edge ends exactly on the seam line,
+where the merge step finds its other half. Cleaning works in Web-Mercator metres
+scaled by cos(latitude), i.e. in ground metres, so the thresholds mean the same at
+any latitude.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import mercantile
+import numpy as np
+import shapely
+from affine import Affine
+from pyproj import Transformer
+from rasterio import features
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import shape as to_shape
+from shapely.geometry.polygon import orient
+
+from tilesight.jobs.plan import GEOD, Tile
+
+TO_MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+TO_LONLAT = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    """How outlines are cleaned; a job may override these through its `options`."""
+
+    threshold: float = 0.5
+    min_area_m2: float = 4.0  # specks smaller than a shed are noise
+    max_hole_m2: float = 4.0  # holes smaller than this are filled
+    simplify_px: float = 1.0  # tolerance in pixels: removes the raster staircase
+    square: bool = False  # replace near-rectangular outlines by their rectangle
+    square_min_fill: float = 0.85
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], threshold: float) -> CleanParams:
+        fields = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
+        return cls(**{"threshold": threshold, **fields})
+
+
+@dataclass(frozen=True)
+class Footprint:
+    geom: Polygon  # EPSG:4326, exterior counter-clockwise (RFC 7946)
+    confidence: float
+    area_m2: float
+
+
+def mosaic_origin(tiles: list[Tile], tilesize: int) -> tuple[int, int, int, int, Affine]:
+    """(x0, y0, width_px, height_px, transform to EPSG:3857) of the tiles' bounding block."""
+    xs = [t[0] for t in tiles]
+    ys = [t[1] for t in tiles]
+    z = tiles[0][2]
+    x0, y0 = min(xs), min(ys)
+    width = (max(xs) - x0 + 1) * tilesize
+    height = (max(ys) - y0 + 1) * tilesize
+    ul = mercantile.xy_bounds(x0, y0, z)
+    res = (ul.right - ul.left) / tilesize
+    return x0, y0, width, height, Affine(res, 0, ul.left, 0, -res, ul.top)
+
+
+def stitch(probs: dict[Tile, np.ndarray], tiles: list[Tile], tilesize: int) -> np.ndarray:
+    """One [H, W] float32 mosaic of the building probability; tiles without data stay 0."""
+    x0, y0, width, height, _ = mosaic_origin(tiles, tilesize)
+    mosaic = np.zeros((height, width), dtype=np.float32)
+    for (x, y, _z), p in probs.items():
+        r, c = (y - y0) * tilesize, (x - x0) * tilesize
+        mosaic[r : r + tilesize, c : c + tilesize] = p
+    return mosaic
+
+
+def building_channel(classes: list[dict[str, Any]] | None, channels: int) -> int:
+    """The output channel holding 'building'; single-channel models hold only that."""
+    names = [str(c.get("name", "")).lower() for c in classes or []]
+    for i, name in enumerate(names):
+        if name.startswith("building") and i < channels:
+            return i
+    return channels - 1
+
+
+def vectorize(
+    mosaic: np.ndarray,
+    transform: Affine,
+    aoi: MultiPolygon,
+    params: CleanParams,
+) -> list[Footprint]:
+    """Threshold, trace, clean, clip to the AOI; polygons in EPSG:4326 with confidence."""
+    mask = mosaic >= params.threshold
+    if not mask.any():
+        return []
+    center_lat = TO_LONLAT.transform(transform.c, transform.f + transform.e * mosaic.shape[0] / 2)[
+        1
+    ]
+    scale = math.cos(math.radians(center_lat))  # mercator metres -> ground metres
+    res = transform.a
+    min_area = params.min_area_m2 / scale**2
+    max_hole = params.max_hole_m2 / scale**2
+    aoi_merc = _to_mercator(aoi)
+    shapely.prepare(aoi_merc)
+    out: list[Footprint] = []
+    for geojson, _ in features.shapes(
+        mask.astype(np.uint8), mask=mask, connectivity=4, transform=transform
+    ):
+        poly = to_shape(geojson)
+        if poly.area < min_area:
+            continue
+        confidence = _mean_inside(mosaic, poly, transform)
+        poly = Polygon(poly.exterior, [h for h in poly.interiors if Polygon(h).area >= max_hole])
+        poly = poly.simplify(params.simplify_px * res, preserve_topology=True)
+        if params.square:
+            poly = square_off(poly, params.square_min_fill)
+        if not aoi_merc.contains(poly):
+            poly = poly.intersection(aoi_merc)
+        for part in _polygons(poly):
+            if part.area < min_area:
+                continue
+            lonlat = orient(_to_lonlat(part), 1.0)
+            area_m2 = abs(GEOD.geometry_area_perimeter(lonlat)[0])
+            out.append(Footprint(lonlat, confidence, area_m2))
+    return out
+
+
+def square_off(poly: Polygon, min_fill: float) -> Polygon:
+    """Replace an outline by its minimum rotated rectangle when it nearly fills it:
+    most buildings are rectangles, and a traced raster edge is not."""
+    rect = poly.minimum_rotated_rectangle
+    if isinstance(rect, Polygon) and rect.area > 0 and poly.area / rect.area >= min_fill:
+        return rect
+    return poly
+
+
+def _mean_inside(mosaic: np.ndarray, poly: Polygon, transform: Affine) -> float:
+    inv = ~transform
+    minx, miny, maxx, maxy = poly.bounds
+    c0, r0 = inv @ (minx, maxy)
+    c1, r1 = inv @ (maxx, miny)
+    c0, r0 = max(0, math.floor(c0)), max(0, math.floor(r0))
+    c1, r1 = min(mosaic.shape[1], math.ceil(c1)), min(mosaic.shape[0], math.ceil(r1))
+    window = mosaic[r0:r1, c0:c1]
+    if window.size == 0:
+        return 0.0
+    win_transform = transform @ Affine.translation(c0, r0)
+    inside = features.geometry_mask(
+        [poly], out_shape=window.shape, transform=win_transform, invert=True
+    )
+    return float(window[inside].mean()) if inside.any() else float(window.mean())
+
+
+def _polygons(geom: shapely.Geometry) -> list[Polygon]:
+    if isinstance(geom, Polygon):
+        return [] if geom.is_empty else [geom]
+    return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
+
+
+def _to_mercator(geom: shapely.Geometry) -> shapely.Geometry:
+    return shapely.transform(
+        geom, lambda c: np.column_stack(TO_MERCATOR.transform(c[:, 0], c[:, 1]))
+    )
+
+
+def _to_lonlat(geom: Polygon) -> Polygon:
+    return shapely.transform(geom, lambda c: np.column_stack(TO_LONLAT.transform(c[:, 0], c[:, 1])))
