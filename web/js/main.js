@@ -1,0 +1,200 @@
+// The viewer's entry point: builds the map from the registered sources, keeps the view
+// state (mirrored in the URL hash) and wires the panels to it.
+
+import { api } from "./api.js";
+import { AreaDraw } from "./draw.js";
+import { readHash, writeHash } from "./hash.js";
+import { Jobs } from "./jobs.js";
+import { buildingsLayer, imageryLayer, overlayLayer } from "./layers.js";
+import { Models } from "./models.js";
+import { $, h, showError } from "./ui.js";
+
+const L = window.L;
+
+class App {
+  constructor() {
+    this.state = { overlay: true, opacity: 0.7, threshold: 0.5, buildings: true, ...readHash() };
+    this.sources = [];
+    this.tilejson = null;
+    this.basemap = null;
+    this.overlay = null;
+    this.buildings = null;
+    this.map = L.map("map", { zoomControl: true, keyboard: true, worldCopyJump: false, maxZoom: 24 });
+    this.map.attributionControl.setPrefix('<a href="https://leafletjs.com">Leaflet</a>');
+    if (this.state.zoom !== undefined) this.map.setView([this.state.lat, this.state.lng], this.state.zoom);
+    this.map.on("moveend", () => this.update(this.view(), { quiet: true }));
+    this.map.on("zoomend", () => this.overlayHint());
+    this.models = new Models(this);
+    this.jobs = new Jobs(this);
+    this.draw = new AreaDraw(this);
+    this.controls();
+  }
+
+  view() {
+    const center = this.map.getCenter();
+    return { zoom: this.map.getZoom(), lat: center.lat, lng: center.lng };
+  }
+
+  /** Change the state; `quiet` skips redrawing layers (e.g. after a pan). */
+  update(changes, { quiet = false } = {}) {
+    const before = { ...this.state };
+    Object.assign(this.state, changes);
+    for (const [key, value] of Object.entries(changes)) if (value === undefined) delete this.state[key];
+    if (this.map._loaded) writeHash(this.state);
+    if (quiet && !("model" in changes) && !("version" in changes)) return;
+    if (before.source !== this.state.source) return; // chooseSource redraws everything
+    if (["model", "version", "threshold", "overlay"].some((k) => before[k] !== this.state[k])) this.redrawOverlay();
+    if (before.opacity !== this.state.opacity) this.overlay?.setOpacity(this.state.opacity);
+    if (before.job !== this.state.job || before.buildings !== this.state.buildings) this.refreshBuildings();
+    if ("model" in changes || "version" in changes) this.draw.summarise();
+  }
+
+  controls() {
+    const opacity = $("#opacity");
+    const threshold = $("#threshold");
+    opacity.value = this.state.opacity;
+    threshold.value = this.state.threshold;
+    $("#overlay-toggle").checked = this.state.overlay;
+    $("#buildings-toggle").checked = this.state.buildings;
+    const showOpacity = () => ($("#opacity-out").textContent = `${Math.round(opacity.value * 100)} %`);
+    const showThreshold = () => ($("#threshold-out").textContent = Number(threshold.value).toFixed(2));
+    showOpacity();
+    showThreshold();
+    opacity.addEventListener("input", () => {
+      showOpacity();
+      this.update({ opacity: Number(opacity.value) });
+    });
+    threshold.addEventListener("input", showThreshold);
+    // the threshold changes the tiles themselves: redraw once the user lets go
+    threshold.addEventListener("change", () => this.update({ threshold: Number(threshold.value) }));
+    $("#overlay-toggle").addEventListener("change", (e) => this.update({ overlay: e.target.checked }));
+    $("#source").addEventListener("change", (e) => this.chooseSource(e.target.value, { fit: true }));
+    $("#panel-toggle").addEventListener("click", (e) => {
+      const collapsed = $("#panel").classList.toggle("collapsed");
+      e.currentTarget.setAttribute("aria-expanded", String(!collapsed));
+      this.map.invalidateSize();
+    });
+    $("#api-key").value = localStorage.getItem("tilesight.apiKey") || "";
+    $("#api-key-save").addEventListener("click", async () => {
+      const { setApiKey } = await import("./api.js");
+      setApiKey($("#api-key").value.trim());
+      location.reload();
+    });
+  }
+
+  async start() {
+    try {
+      const body = await api("sources");
+      this.sources = Array.isArray(body) ? body : body.items || body.sources || [];
+    } catch (err) {
+      showError($("#source-error"), err);
+    }
+    const select = $("#source");
+    select.replaceChildren(...this.sources.map((s) => h("option", { value: s.id }, s.name || s.id)));
+    if (!this.sources.length) {
+      showError($("#source-error"), { message: "No imagery registered yet: add some with `tilesight sources add`." });
+      this.map.setView([0, 0], 2);
+    }
+    await this.models.load();
+    const wanted = this.sources.find((s) => s.id === this.state.source) || this.sources[0];
+    if (wanted) await this.chooseSource(wanted.id, { fit: this.state.zoom === undefined });
+    await this.jobs.load();
+    this.loadLimits();
+  }
+
+  async chooseSource(id, { fit }) {
+    $("#source").value = id;
+    this.state.source = id;
+    try {
+      this.tilejson = await api(`tiles/${encodeURIComponent(id)}/tilejson.json`);
+      showError($("#source-error"), null);
+    } catch (err) {
+      showError($("#source-error"), err);
+      return;
+    }
+    this.basemap?.remove();
+    this.basemap = imageryLayer(this.tilejson, {
+      onTileError: (err) => showError($("#source-error"), err),
+    }).addTo(this.map);
+    const b = this.tilejson.bounds;
+    if (fit && b) this.map.fitBounds([[b[1], b[0]], [b[3], b[2]]]);
+    writeHash(Object.assign(this.state, this.view()));
+    await this.redrawOverlay();
+    this.refreshBuildings();
+  }
+
+  overlayUrl() {
+    const { model, source, version, threshold } = this.state;
+    const params = new URLSearchParams({ threshold: String(threshold) });
+    if (version !== undefined && version !== null) params.set("version", String(version));
+    const base = `predictions/${encodeURIComponent(model)}/${encodeURIComponent(source)}`;
+    return { base, template: `${base}/{z}/{x}/{y}.png?${params}` };
+  }
+
+  async redrawOverlay() {
+    this.overlay?.remove();
+    this.overlay = null;
+    if (!this.state.overlay || !this.state.model || !this.state.source) return this.overlayHint();
+    const { base, template } = this.overlayUrl();
+    if (!this.overlayTilejson || this.overlayTilejson.key !== base) {
+      try {
+        this.overlayTilejson = { key: base, ...(await api(`${base}/tilejson.json`)) };
+        showError($("#overlay-error"), null);
+      } catch (err) {
+        if (err.status === 503) this.banner(err);
+        else showError($("#overlay-error"), err);
+        this.overlayTilejson = null;
+      }
+    }
+    this.overlay = overlayLayer(template, this.overlayTilejson || { bounds: this.tilejson?.bounds }, {
+      opacity: this.state.opacity,
+      onTileError: (err) => (err.status === 503 ? this.banner(err) : showError($("#overlay-error"), err)),
+      onTileLoad: () => this.banner(null),
+    }).addTo(this.map);
+    this.overlayHint();
+  }
+
+  overlayHint() {
+    const hint = $("#overlay-hint");
+    const minzoom = this.overlayTilejson?.minzoom;
+    const tooFar = this.overlay && minzoom !== undefined && this.map.getZoom() < minzoom;
+    hint.hidden = !tooFar;
+    hint.textContent = tooFar ? `Zoom in to level ${minzoom} or closer to see predictions.` : "";
+  }
+
+  /** The predictions-unavailable banner: imagery keeps working while Triton is away. */
+  banner(err) {
+    const el = $("#banner");
+    if (!err) {
+      el.hidden = true;
+      return;
+    }
+    const retry = err.retryAfter ? ` Retrying in about ${err.retryAfter} s; imagery keeps working.` : " Imagery keeps working.";
+    el.textContent = `Predictions are unavailable right now: ${err.message}.${retry}`;
+    el.hidden = false;
+    clearTimeout(this.bannerRetry);
+    this.bannerRetry = setTimeout(() => this.overlay?.redraw(), 1000 * Math.max(5, Number(err.retryAfter) || 10));
+  }
+
+  refreshBuildings() {
+    this.buildings?.remove();
+    this.buildings = null;
+    if (this.state.buildings && this.state.job) {
+      this.buildings = buildingsLayer(this.state.job, this.map).addTo(this.map);
+    }
+  }
+
+  /** Job limits, when the API publishes them, so they are explained before anyone hits them. */
+  async loadLimits() {
+    // filled in once the jobs API exposes its limits
+  }
+}
+
+function boot() {
+  const app = new App();
+  window.tilesight = app; // for debugging from the console and for the browser tests
+  app.start();
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
+else boot();

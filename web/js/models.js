@@ -1,0 +1,181 @@
+// Models: the model/version selector above the overlay (with the chosen version's
+// metrics) and the models panel, where a version can be promoted.
+
+import { api } from "./api.js";
+import { $, fmtNumber, h, showError } from "./ui.js";
+
+const asList = (body, key) => (Array.isArray(body) ? body : body?.[key] || body?.items || []);
+
+function versionsOf(model) {
+  return asList(model.versions ?? [], "versions").map((v) =>
+    typeof v === "number" ? { version: v } : v,
+  );
+}
+
+function metaOf(version) {
+  return version.metadata || version.meta || {};
+}
+
+/** Flatten a metrics object ({iou: .7, val: {f1: .8}}) into [label, number] pairs. */
+function metricPairs(metrics, prefix = "") {
+  const pairs = [];
+  for (const [key, value] of Object.entries(metrics || {})) {
+    if (typeof value === "number") pairs.push([prefix + key, value]);
+    else if (value && typeof value === "object" && !Array.isArray(value) && !prefix) {
+      pairs.push(...metricPairs(value, `${key} `));
+    }
+  }
+  return pairs;
+}
+
+export class Models {
+  constructor(app) {
+    this.app = app;
+    this.models = [];
+    this.details = new Map(); // name -> GET /models/{name}
+    $("#model").addEventListener("change", () => this.choose($("#model").value, null));
+    $("#version").addEventListener("change", () => {
+      const value = $("#version").value;
+      this.choose(this.app.state.model, value === "" ? null : Number(value));
+    });
+  }
+
+  async load() {
+    try {
+      this.models = asList(await api("models"), "models");
+      showError($("#models-error"), null);
+    } catch (err) {
+      showError($("#models-error"), err);
+      return;
+    }
+    const select = $("#model");
+    select.replaceChildren(...this.models.map((m) => h("option", { value: m.name }, m.name)));
+    const wanted = this.models.find((m) => m.name === this.app.state.model) || this.models[0];
+    if (wanted) await this.choose(wanted.name, this.app.state.version ?? null, { quiet: true });
+    this.renderPanel();
+  }
+
+  async detail(name, refresh = false) {
+    if (refresh || !this.details.has(name)) this.details.set(name, await api(`models/${encodeURIComponent(name)}`));
+    return this.details.get(name);
+  }
+
+  promotedOf(model) {
+    return model.promoted_version ?? model.promoted ?? null;
+  }
+
+  /** The chosen version's metadata (null version means the promoted one). */
+  current() {
+    const model = this.details.get(this.app.state.model);
+    if (!model) return null;
+    const number = this.app.state.version ?? this.promotedOf(model);
+    return versionsOf(model).find((v) => v.version === number) || null;
+  }
+
+  /** The model's native zoom, which job tile counts are made at. */
+  zoom() {
+    const meta = this.current() ? metaOf(this.current()) : {};
+    return meta.zoom ?? this.details.get(this.app.state.model)?.zoom ?? null;
+  }
+
+  async choose(name, version, { quiet = false } = {}) {
+    let model;
+    try {
+      model = await this.detail(name);
+      showError($("#overlay-error"), null);
+    } catch (err) {
+      showError($("#overlay-error"), err);
+      return;
+    }
+    const versions = versionsOf(model);
+    if (version !== null && !versions.some((v) => v.version === version)) version = null;
+    $("#model").value = name;
+    const promoted = this.promotedOf(model);
+    $("#version").replaceChildren(
+      h("option", { value: "" }, `promoted${promoted ? ` (v${promoted})` : ""}`),
+      ...versions.map((v) => h("option", { value: v.version }, `v${v.version}`)),
+    );
+    $("#version").value = version === null ? "" : String(version);
+    this.app.update({ model: name, version: version ?? undefined }, { quiet });
+    this.renderMetrics();
+  }
+
+  renderMetrics() {
+    const current = this.current();
+    const box = $("#model-metrics");
+    if (!current) {
+      box.replaceChildren();
+      return;
+    }
+    const meta = metaOf(current);
+    const rows = metricPairs(meta.metrics).slice(0, 8);
+    if (meta.zoom !== undefined) rows.push(["zoom", meta.zoom]);
+    box.replaceChildren(
+      ...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "number" ? fmtNumber(v, 3) : v)]),
+    );
+  }
+
+  renderPanel() {
+    const list = $("#models-list");
+    const cards = [];
+    for (const summary of this.models) {
+      const model = this.details.get(summary.name) || summary;
+      const promoted = this.promotedOf(model);
+      for (const v of versionsOf(model)) {
+        const meta = metaOf(v);
+        const metrics = metricPairs(meta.metrics)
+          .slice(0, 4)
+          .map(([k, n]) => `${k} ${fmtNumber(n, 3)}`)
+          .join(" · ");
+        const isPromoted = v.version === promoted;
+        const error = h("p", { class: "error", role: "alert", hidden: true });
+        cards.push(
+          h(
+            "li",
+            { class: "card", "data-version": v.version },
+            h(
+              "header",
+              {},
+              h("span", { class: "title" }, `${summary.name} v${v.version}`),
+              isPromoted ? h("span", { class: "state promoted" }, "promoted") : h("span", { class: "state" }, v.state || "available"),
+            ),
+            h("p", { class: "meta" }, metrics || "no metrics recorded"),
+            meta.training_data ? h("p", { class: "meta" }, `trained on ${typeof meta.training_data === "string" ? meta.training_data : JSON.stringify(meta.training_data)}`) : null,
+            h(
+              "div",
+              { class: "actions" },
+              h("button", { type: "button", class: "small", onclick: () => this.choose(summary.name, v.version) }, "Show on map"),
+              isPromoted
+                ? null
+                : h(
+                    "button",
+                    {
+                      type: "button",
+                      class: "small",
+                      onclick: (e) => this.promote(summary.name, v.version, e.currentTarget, error),
+                    },
+                    "Promote",
+                  ),
+            ),
+            error,
+          ),
+        );
+      }
+    }
+    list.replaceChildren(...cards);
+  }
+
+  async promote(name, version, button, errorBox) {
+    button.disabled = true;
+    try {
+      await api(`models/${encodeURIComponent(name)}/versions/${version}/promote`, { method: "POST" });
+      await this.detail(name, true);
+      this.models = asList(await api("models"), "models");
+      this.renderPanel();
+      await this.choose(this.app.state.model, this.app.state.version ?? null);
+    } catch (err) {
+      button.disabled = false;
+      showError(errorBox, err);
+    }
+  }
+}
