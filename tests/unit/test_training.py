@@ -1,0 +1,159 @@
+"""Training on real chips: data lines up, the split is honest, loss falls, resume works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tilesight.errors import InvalidInput
+from tilesight.model.data import (
+    IGNORE,
+    ChipDataset,
+    ChipSpec,
+    border_mask,
+    cache_chips,
+    keep_empty,
+    prepare,
+    split_by_blocks,
+)
+from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
+from tilesight.model.train import TrainConfig, augment, segmentation_loss, train
+from tilesight.model.unet import SegmentationModel, UNetConfig
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "buildings" / "tanzania"
+SPEC = ChipSpec(zoom=19, buffer=32, jitter=16)
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory: pytest.TempPathFactory) -> list:
+    reader, geoms = ChipFolder(DATA), load_footprints(DATA / "labels.geojson")
+    tiles = prepare_tiles(reader, geoms, SPEC.zoom)
+    return cache_chips(reader, geoms, tiles, SPEC, tmp_path_factory.mktemp("chips"))
+
+
+def test_chips_hold_real_pixels_and_aligned_labels(chips: list) -> None:
+    assert len(chips) == 4 and all(c.buildings > 0 for c in chips)
+    item = ChipDataset(chips, SPEC, train=False)[0]
+    image, target = item["image"].numpy(), item["target"][0].numpy()
+    assert image.shape == (3, 320, 320) and image.dtype == np.uint8
+    core = target[32:-32, 32:-32]
+    assert (core != IGNORE).all()  # the tile proper is always imagery
+    building = core == 1
+    assert 0.02 < building.mean() < 0.6
+    # labels line up with the picture: roofs differ in colour from their surroundings
+    rgb = image[:, 32:-32, 32:-32].astype(float)
+    assert abs(rgb[:, building].mean() - rgb[:, ~building].mean()) > 5
+
+
+def test_context_outside_the_chips_is_ignored(chips: list) -> None:
+    # the 2x2 block has no neighbours, so each chip's outer margins are missing imagery
+    target = ChipDataset(chips, SPEC, train=False)[0]["target"][0].numpy()
+    assert (target == IGNORE).any() and (target[32:-32, 32:-32] != IGNORE).all()
+
+
+def test_border_class_marks_only_where_buildings_meet() -> None:
+    inst = np.zeros((6, 8), np.int32)
+    inst[1:5, 1:4] = 1
+    inst[1:5, 4:7] = 2
+    border = border_mask(inst, width=1)
+    assert border[2, 3] and border[2, 4]
+    assert not border[2, 1] and not border[0, 0]
+
+
+def test_split_keeps_whole_blocks_apart() -> None:
+    tiles = [("a", (x, y, 19)) for x in range(8) for y in range(8)]
+    train_keys, val_keys = split_by_blocks(tiles, block_zoom=17, val_fraction=0.25, seed=1)
+    assert train_keys.isdisjoint(val_keys) and len(train_keys | val_keys) == 64
+    blocks = lambda keys: {(t[0] >> 2, t[1] >> 2) for _, t in keys}  # noqa: E731
+    assert blocks(train_keys).isdisjoint(blocks(val_keys))
+    assert len(val_keys) == 16
+
+
+def test_prepare_blanks_validation_tiles_in_training_chips(tmp_path: Path) -> None:
+    data = prepare([(DATA, DATA / "labels.geojson")], SPEC, tmp_path, block_zoom=19,
+                   val_fraction=0.25, empty_ratio=1.0)  # fmt: skip
+    assert len(data.val) == 1 and len(data.train) == 3
+    (val_tile,) = [c.tile for c in data.val]
+    for chip in data.train:
+        target = ChipDataset([chip], SPEC, train=False)[0]["target"][0].numpy()
+        dx, dy = val_tile[0] - chip.tile[0], val_tile[1] - chip.tile[1]
+        r, c = 160 + 140 * dy, 160 + 140 * dx  # a pixel inside the validation neighbour
+        assert target[r, c] == IGNORE
+
+
+def test_bad_labels_are_rejected_early(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.geojson"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    with pytest.raises(InvalidInput, match="no building"):
+        load_footprints(empty)
+    (tmp_path / "bad.geojson").write_text("{not json")
+    with pytest.raises(InvalidInput):
+        load_footprints(tmp_path / "bad.geojson")
+    far = tmp_path / "far.geojson"
+    square = [[[0, 0], [0.0001, 0], [0.0001, 0.0001], [0, 0.0001], [0, 0]]]
+    geometry = {"type": "Polygon", "coordinates": square}
+    far.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": geometry}))
+    with pytest.raises(InvalidInput, match="do not overlap"):
+        prepare_tiles(ChipFolder(DATA), load_footprints(far), 19)
+    with pytest.raises(InvalidInput, match="hyperparameters"):
+        TrainConfig(lr=5.0)
+
+
+def test_empty_ratio_is_kept() -> None:
+    from tilesight.model.data import Chip
+
+    chips = [Chip("s", (i, 0, 19), Path("x"), int(i < 4)) for i in range(20)]
+    kept = keep_empty(chips, ratio=0.5, seed=0)
+    assert sum(c.buildings == 0 for c in kept) == 2 and len(kept) == 6
+
+
+def test_augment_moves_image_and_target_together() -> None:
+    image = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    image[:, :, 0, 0] = 255
+    target = torch.zeros(4, 1, 8, 8)
+    target[:, :, 0, 0] = 1
+    out, tgt = augment(image, target)
+    for i in range(4):
+        hot = (out[i].mean(0) == out[i].mean(0).max()).nonzero().tolist()
+        assert hot == tgt[i, 0].nonzero().tolist()
+
+
+def test_loss_falls_when_training_on_real_chips(chips: list, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SegmentationModel(UNetConfig(width=4, depth=2))
+    batch = next(iter(torch.utils.data.DataLoader(ChipDataset(chips, SPEC, True), batch_size=4)))
+    with torch.no_grad():
+        before = float(segmentation_loss(model.logits(batch["image"]), batch["target"]))
+    config = TrainConfig(epochs=8, batch_size=4, lr=2e-2, warmup_steps=1, run_dir=tmp_path,
+                         min_area=0, patience=100, monitor="loss")  # fmt: skip
+    result = train(model, ChipDataset(chips, SPEC, True), ChipDataset(chips, SPEC, False),
+                   config, SPEC.buffer)  # fmt: skip
+    with torch.no_grad():
+        after = float(segmentation_loss(result.model.logits(batch["image"]), batch["target"]))
+    assert after < 0.93 * before
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best["pixel_iou"] > 0.2
+
+
+def test_resume_continues_from_the_saved_epoch(chips: list, tmp_path: Path) -> None:
+    seen: list[int] = []
+    cfg = dict(batch_size=4, warmup_steps=1, run_dir=tmp_path, patience=100)
+    ds, val = ChipDataset(chips, SPEC, True), ChipDataset(chips[:1], SPEC, False)
+    model = SegmentationModel(UNetConfig(width=4, depth=2))
+    train(model, ds, val, TrainConfig(epochs=2, **cfg), SPEC.buffer)
+    assert (tmp_path / "last.pt").exists()
+    # a 're-delivered' run with a higher epoch budget picks up at epoch 3
+    model = SegmentationModel(UNetConfig(width=4, depth=2))
+    result = train(model, ds, val, TrainConfig(epochs=3, **cfg), SPEC.buffer,
+                   on_progress=lambda p: seen.append(p.epoch))  # fmt: skip
+    assert set(seen) == {3}
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    # and one whose epochs are all done trains nothing more
+    seen.clear()
+    train(model, ds, val, TrainConfig(epochs=3, **cfg), SPEC.buffer,
+          on_progress=lambda p: seen.append(p.epoch))  # fmt: skip
+    assert seen == []

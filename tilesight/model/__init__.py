@@ -1,0 +1,1 @@
+"""The building model: U-Net, training data, loop, metrics and export."""

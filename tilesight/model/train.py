@@ -1,0 +1,331 @@
+"""The training loop: one function that a CLI, a Celery task and torchrun all call.
+
+Everything a run needs to continue after being killed (model, optimiser, schedule,
+epoch, history, best score) goes into `last.pt` at the end of every epoch, so a
+re-delivered task resumes instead of starting over. Progress is reported through a
+callback so the caller decides how to show it (a rich bar, a Celery state update).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from tilesight.errors import InvalidInput
+from tilesight.model.data import IGNORE
+from tilesight.model.metrics import SegmentationMetrics
+from tilesight.model.unet import SegmentationModel
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of the loop; validated before any compute is spent."""
+
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    dice_weight: float = 1.0
+    patience: int = 10  # epochs without a better `monitor` before stopping
+    monitor: str = "pixel_iou"
+    threshold: float = 0.5
+    min_area: int = 10  # pixels; specks smaller than this are not buildings
+    workers: int = 0
+    seed: int = 0
+    channels_last: bool = True
+    compile: bool = False
+    bf16: bool | None = None  # None: on for CUDA, off on CPU
+    device: str = "auto"
+    distributed: bool = False  # set when launched under torchrun
+    freeze_encoder_epochs: int = 0
+    max_steps_per_epoch: int | None = None  # tests and benchmarks cut epochs short
+    run_dir: Path = field(default_factory=lambda: Path("runs/latest"))
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": 1 <= self.epochs <= 10_000,
+            "batch_size": 1 <= self.batch_size <= 4096,
+            "lr": 0 < self.lr < 1,
+            "weight_decay": 0 <= self.weight_decay < 1,
+            "threshold": 0 < self.threshold < 1,
+            "patience": self.patience >= 1,
+            "workers": 0 <= self.workers <= 64,
+            "monitor": self.monitor in {"pixel_iou", "f1", "object_f1", "loss"},
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise InvalidInput(f"hyperparameters out of range: {', '.join(bad)}", fields=bad)
+        self.run_dir = Path(self.run_dir)
+
+
+@dataclass
+class Progress:
+    """One report from the loop; `fraction` runs 0..1 over the whole run."""
+
+    phase: str  # "train", "validate" or "epoch"
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float | None = None
+    metrics: dict[str, float] | None = None
+
+    @property
+    def fraction(self) -> float:
+        done = self.epoch - 1 + (self.step / self.steps if self.steps else 1.0)
+        return min(max(done / self.epochs, 0.0), 1.0)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class TrainResult:
+    model: SegmentationModel
+    history: list[dict[str, Any]]
+    best: dict[str, float]
+    best_epoch: int
+    stopped_early: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def augment(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips, 90-degree turns (aerial tiles have no 'up'), brightness and contrast.
+
+    Works on a batch in place of a per-sample transform so it runs on the device."""
+    b = image.shape[0]
+    image = image.float()
+    for i in range(b):
+        k = int(torch.randint(0, 4, ()))
+        flip = bool(torch.randint(0, 2, ()))
+        im, tg = torch.rot90(image[i], k, (1, 2)), torch.rot90(target[i], k, (1, 2))
+        if flip:
+            im, tg = im.flip(2), tg.flip(2)
+        image[i], target[i] = im, tg
+    gain = torch.empty(b, 1, 1, 1, device=image.device).uniform_(0.8, 1.2)  # contrast
+    bias = torch.empty(b, 1, 1, 1, device=image.device).uniform_(-20, 20)  # brightness
+    mean = image.mean(dim=(1, 2, 3), keepdim=True)
+    return ((image - mean) * gain + mean + bias).clamp(0, 255), target
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0
+) -> torch.Tensor:
+    """BCE for per-pixel calibration plus soft Dice, which keeps small, rare buildings
+    from being drowned by background; pixels marked IGNORE count in neither."""
+    logits = logits.float()
+    valid = (target != IGNORE).float()
+    target = target.clamp(0, 1) * valid
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
+    bce = bce / valid.sum().clamp_min(1)
+    prob = torch.sigmoid(logits) * valid
+    inter = (prob * target).sum(dim=(0, 2, 3))
+    denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+    dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
+    return bce + dice_weight * dice
+
+
+def evaluate_model(
+    model: SegmentationModel,
+    loader: DataLoader,
+    buffer: int,
+    threshold: float = 0.5,
+    min_area: int = 10,
+    device: torch.device | None = None,
+    autocast: Any = None,
+) -> dict[str, float]:
+    """Loss and metrics on the tile proper (context pixels are for the model only)."""
+    device = device or next(model.parameters()).device
+    metrics = SegmentationMetrics(min_area=min_area)
+    losses, model_was_training = [], model.training
+    model.eval()
+    with torch.inference_mode(), autocast or nullcontext():
+        for batch in loader:
+            logits = model.logits(batch["image"].to(device))
+            target = batch["target"].to(device)
+            losses.append(float(segmentation_loss(logits, target)))
+            prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+            inst = batch["instances"].numpy()
+            valid = batch["target"][:, 0].numpy() != IGNORE
+            core = (slice(buffer, -buffer or None),) * 2
+            for p, t, v in zip(prob, inst, valid, strict=True):
+                metrics.update(p[core] >= threshold, t[core], v[core])
+    model.train(model_was_training)
+    return {"loss": float(np.mean(losses)) if losses else 0.0, **metrics.scores()}
+
+
+def _better(monitor: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old if monitor == "loss" else new > old
+
+
+def train(
+    model: SegmentationModel,
+    train_set: Dataset,
+    val_set: Dataset,
+    config: TrainConfig,
+    buffer: int,
+    on_progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Fit `model`; returns it with the weights of its best validation epoch."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    rank, world = 0, 1
+    if config.distributed:  # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(config.device)
+    if config.distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    use_bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+
+    sampler = DistributedSampler(train_set, seed=config.seed) if config.distributed else None
+    pin = device.type == "cuda"
+    loader = DataLoader(
+        train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=config.workers, drop_last=len(train_set) >= config.batch_size * world,
+        pin_memory=pin, persistent_workers=config.workers > 0,
+    )  # fmt: skip
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.workers)
+    steps = len(loader)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    total = steps * config.epochs
+    # Linear scaling rule: each process keeps its batch, so the effective batch and the
+    # learning rate both grow with the number of processes.
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr * world, weight_decay=config.weight_decay
+    )
+
+    def schedule(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        t = (step - config.warmup_steps) / max(total - config.warmup_steps, 1)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
+    history: list[dict[str, Any]] = []
+    best: dict[str, float] = {}
+    best_epoch, start_epoch, best_state = 0, 1, None
+    last, best_path = config.run_dir / "last.pt", config.run_dir / "best.pt"
+    if config.resume and last.exists():
+        ckpt = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, best, best_epoch = ckpt["history"], ckpt["best"], ckpt["best_epoch"]
+        start_epoch = ckpt["epoch"] + 1
+        if best_path.exists():
+            best_state = torch.load(best_path, map_location="cpu", weights_only=True)
+    net: nn.Module = model
+    if config.compile:
+        net = torch.compile(net)
+    if config.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs + 1):
+        if _stale(history, best_epoch, config.patience):
+            stopped_early = True
+            break
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        frozen = epoch <= config.freeze_encoder_epochs
+        for p in model.net.encoder_parameters():
+            p.requires_grad_(not frozen)
+        model.train()
+        started, losses = time.perf_counter(), []
+        for step, batch in enumerate(loader, start=1):
+            if step > steps:
+                break
+            image, target = augment(batch["image"].to(device), batch["target"].to(device))
+            image = image.contiguous(memory_format=memory_format)
+            with autocast:
+                logits = net(image, return_logits=True)
+                loss = segmentation_loss(logits, target, config.dice_weight)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            if on_progress and rank == 0:
+                on_progress(Progress("train", epoch, config.epochs, step, steps, losses[-1]))
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else 0.0,
+            "lr": optimiser.param_groups[0]["lr"],
+            "seconds": round(seconds, 2),
+            "samples_per_s": round(len(losses) * config.batch_size * world / seconds, 2),
+        }
+        if rank == 0:
+            scores = evaluate_model(
+                model, val_loader, buffer, config.threshold, config.min_area, device, autocast
+            )
+            record["val"] = scores
+            if _better(config.monitor, scores[config.monitor], best.get(config.monitor)):
+                best, best_epoch = scores, epoch
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                config.run_dir.mkdir(parents=True, exist_ok=True)
+                torch.save(best_state, best_path)
+            history.append(record)
+            _save(last, model, optimiser, scheduler, epoch, history, best, best_epoch, config)
+            if on_progress:
+                on_progress(Progress("epoch", epoch, config.epochs, steps, steps, None, scores))
+        if config.distributed:
+            dist.barrier()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(model.to("cpu").eval(), history, best, best_epoch, stopped_early)
+
+
+def _stale(history: Sequence[dict], best_epoch: int, patience: int) -> bool:
+    return bool(history) and history[-1]["epoch"] - best_epoch >= patience
+
+
+def _save(path: Path, model, optimiser, scheduler, epoch, history, best, best_epoch, config):  # noqa: ANN001, ANN202
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "best": best,
+            "best_epoch": best_epoch,
+            "config": {k: str(v) for k, v in asdict(config).items()},
+        },
+        tmp,
+    )
+    os.replace(tmp, path)  # a kill mid-write never leaves a torn checkpoint
