@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import redis.asyncio as aioredis
+from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +32,13 @@ def get_triton(request: Request) -> TritonClient:
     return request.app.state.triton
 
 
+def get_celery(request: Request) -> Celery:
+    """A Celery producer (no worker): routes send tasks by name, never import worker/."""
+    return request.app.state.celery
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 TritonDep = Annotated[TritonClient, Depends(get_triton)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]

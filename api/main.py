@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
+from celery import Celery
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -58,9 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             health_check_interval=10,
         )
         app.state.triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
+        app.state.celery = Celery("tilesight", broker=settings.celery_broker_url)
         try:
             yield
         finally:
+            app.state.celery.close()
             await app.state.triton.close()
             await app.state.redis.aclose()
             engine.dispose()
