@@ -30,7 +30,13 @@ def test_home() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def settings(test_home: Path) -> Settings:
+    """Free ports, a temporary home, and a copy of model_repo/ so that tests which train,
+    export or promote versions never touch the project's own repository."""
+    model_repo = test_home / "model_repo"
+    if (PROJECT_ROOT / "model_repo").is_dir():
+        shutil.copytree(PROJECT_ROOT / "model_repo", model_repo, ignore=_no_checkpoints)
     return Settings(
+        model_repo=model_repo,
         environment="test",
         home=test_home,
         api_port=free_port(),
@@ -42,6 +48,10 @@ def settings(test_home: Path) -> Settings:
         load_demo=True,
         remote_allowlist=["127.0.0.1", "localhost"],
     )
+
+
+def _no_checkpoints(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if n in ("__pycache__",) or n.endswith(".ckpt")]
 
 
 @pytest.fixture(scope="session")
