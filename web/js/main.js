@@ -1,7 +1,7 @@
 // The viewer's entry point: builds the map from the registered sources, keeps the view
 // state (mirrored in the URL hash) and wires the panels to it.
 
-import { api } from "./api.js";
+import { api, setApiKey } from "./api.js";
 import { AreaDraw } from "./draw.js";
 import { readHash, writeHash } from "./hash.js";
 import { Jobs } from "./jobs.js";
@@ -75,10 +75,10 @@ class App {
       this.map.invalidateSize();
     });
     $("#api-key").value = localStorage.getItem("tilesight.apiKey") || "";
-    $("#api-key-save").addEventListener("click", async () => {
-      const { setApiKey } = await import("./api.js");
+    $("#api-key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
       setApiKey($("#api-key").value.trim());
-      location.reload();
+      location.reload(); // every layer and stream picks the key up from a fresh start
     });
   }
 
