@@ -157,3 +157,15 @@ def test_resume_continues_from_the_saved_epoch(chips: list, tmp_path: Path) -> N
     train(model, ds, val, TrainConfig(epochs=3, **cfg), SPEC.buffer,
           on_progress=lambda p: seen.append(p.epoch))  # fmt: skip
     assert seen == []
+
+
+def test_tune_split_comes_out_of_training_blocks(tmp_path: Path) -> None:
+    data = prepare([(DATA, DATA / "labels.geojson")], SPEC, tmp_path, block_zoom=19,
+                   val_fraction=0.25, empty_ratio=1.0, tune_fraction=0.25)  # fmt: skip
+    val, tune, train_ = ({c.tile for c in chips} for chips in (data.val, data.tune, data.train))
+    assert (len(val), len(tune), len(train_)) == (1, 1, 2)
+    assert val.isdisjoint(tune) and train_.isdisjoint(val | tune)
+    # the validation split does not move when a tune split is added
+    plain = prepare([(DATA, DATA / "labels.geojson")], SPEC, tmp_path, block_zoom=19,
+                    val_fraction=0.25, empty_ratio=1.0)  # fmt: skip
+    assert {c.tile for c in plain.val} == val

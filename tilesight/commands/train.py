@@ -47,6 +47,9 @@ def train(
     block_zoom: int = typer.Option(18, help="split train/validation by tiles of this zoom"),
     val_fraction: float = typer.Option(0.25),
     empty_ratio: float = typer.Option(0.25, help="empty tiles kept per tile with buildings"),
+    tune_fraction: float = typer.Option(
+        0.2, help="training blocks held out for early stopping (0: keep the last epoch)"
+    ),
     init_from: Path | None = typer.Option(None, help="version folder to fine-tune from"),
     freeze_encoder_epochs: int = typer.Option(0),
     compile: bool = typer.Option(False, help="torch.compile the model"),
@@ -66,6 +69,7 @@ def train(
             chips=ChipSpec(zoom=zoom, buffer=buffer, border=border),
             width=width, depth=depth, cache_dir=cache_dir, block_zoom=block_zoom,
             val_fraction=val_fraction, empty_ratio=empty_ratio, init_from=init_from,
+            tune_fraction=tune_fraction,
             loop=TrainConfig(
                 epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                 workers=workers, seed=seed, compile=compile, distributed=distributed,

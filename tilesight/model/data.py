@@ -188,6 +188,7 @@ class Prepared:
 
     train: list[Chip]
     val: list[Chip]
+    tune: list[Chip]  # blocks held out of training for early stopping; may be empty
     summary: dict
 
 
@@ -199,9 +200,13 @@ def prepare(
     val_fraction: float = 0.25,
     empty_ratio: float = 0.25,
     seed: int = 0,
+    tune_fraction: float = 0.0,
 ) -> Prepared:
     """Cover each (imagery, labels) pair's labelled area with tiles, split by blocks,
-    and cache chips; training chips are read with validation tiles blanked out."""
+    and cache chips; training chips are read with held-out tiles blanked out.
+
+    With `tune_fraction`, a further share of the *training* blocks becomes a tune split
+    for early stopping and picking the best epoch, so validation is looked at once."""
     readers, footprints, tiles = {}, {}, []
     for imagery, labels in sources:
         reader = open_imagery(imagery)
@@ -212,18 +217,24 @@ def prepare(
         readers[reader.name], footprints[reader.name] = reader, geoms
         tiles += [(reader.name, t) for t in found]
     train_keys, val_keys = split_by_blocks(tiles, block_zoom, val_fraction, seed)
-    train, val = [], []
+    tune_keys: set[tuple[str, Tile]] = set()
+    if tune_fraction:
+        train_keys, tune_keys = split_by_blocks(train_keys, block_zoom, tune_fraction, seed + 1)
+    train, val, tune = [], [], []
     for name, reader in readers.items():
         t_tiles = sorted(t for src, t in train_keys if src == name)
         v_tiles = sorted(t for src, t in val_keys if src == name)
-        sub = cache_dir / f"z{spec.zoom}"
-        train += cache_chips(reader, footprints[name], t_tiles, spec, sub, frozenset(v_tiles))
-        val += cache_chips(reader, footprints[name], v_tiles, spec, sub)
+        u_tiles = sorted(t for src, t in tune_keys if src == name)
+        sub, fn = cache_dir / f"z{spec.zoom}", footprints[name]
+        train += cache_chips(reader, fn, t_tiles, spec, sub, frozenset(v_tiles + u_tiles))
+        tune += cache_chips(reader, fn, u_tiles, spec, sub, frozenset(v_tiles))
+        val += cache_chips(reader, fn, v_tiles, spec, sub)
     kept = keep_empty(train, empty_ratio, seed)
     summary = {
         "method": f"blocks of tiles at zoom {block_zoom}, whole blocks to validation per "
         f"source (seed {seed}, target fraction {val_fraction}); training chips read with "
-        "validation tiles blanked and ignored by the loss",
+        "held-out tiles blanked and ignored by the loss"
+        + (f"; tune split: {tune_fraction} of training blocks (seed {seed + 1})" if tune else ""),
         "block_zoom": block_zoom,
         "seed": seed,
         "val_fraction": val_fraction,
@@ -231,8 +242,9 @@ def prepare(
         "train_tiles": len(kept),
         "train_tiles_empty_dropped": len(train) - len(kept),
         "val_tiles": len(val),
+        "tune_tiles": len(tune),
         "val_blocks": sorted({f"{s}:{block_of(t, block_zoom)}" for s, t in val_keys}),
         "train_buildings": sum(c.buildings for c in kept),
         "val_buildings": sum(c.buildings for c in val),
     }
-    return Prepared(kept, val, summary)
+    return Prepared(kept, val, tune, summary)

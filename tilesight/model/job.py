@@ -8,7 +8,7 @@ as the model, so the metadata says how much the network adds over trivial rules.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class TrainingRun:
     block_zoom: int = 18
     val_fraction: float = 0.25
     empty_ratio: float = 0.25
+    tune_fraction: float = 0.2  # of training blocks, for early stopping; 0: last epoch
     init_from: Path | None = None  # a version folder to fine-tune from
     export: bool = True
 
@@ -105,13 +106,17 @@ def run_training(
     torch.manual_seed(run.loop.seed)
     data = prepare(
         run.sources, spec, Path(run.cache_dir), run.block_zoom, run.val_fraction,
-        run.empty_ratio, run.loop.seed,
+        run.empty_ratio, run.loop.seed, run.tune_fraction,
     )  # fmt: skip
     base = baselines(data.train, data.val, spec, run.loop.min_area)
     model = build_model(run)
     train_set = ChipDataset(data.train, spec, train=True, seed=run.loop.seed)
     val_set = ChipDataset(data.val, spec, train=False)
-    result = train(model, train_set, val_set, run.loop, spec.buffer, on_progress)
+    # The loop's per-epoch scores drive early stopping and the best epoch, so they come
+    # from the tune split; without one, no epoch is chosen and the last one is kept.
+    loop = run.loop if data.tune else replace(run.loop, select_best=False)
+    watch = ChipDataset(data.tune, spec, train=False) if data.tune else val_set
+    result = train(model, train_set, watch, loop, spec.buffer, on_progress)
     loader = DataLoader(val_set, batch_size=run.loop.batch_size)
     final = evaluate_model(result.model, loader, spec.buffer, run.loop.threshold, run.loop.min_area)
     classes = BUILDING_CLASSES + ([BORDER_CLASS] if spec.border else [])
@@ -129,6 +134,7 @@ def run_training(
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "baselines": _rounded(base),
+            "history_split": "tune" if data.tune else "validation (not used for choices)",
             "history": result.history,
         },
         "training_data": {

@@ -42,6 +42,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     patience: int = 10  # epochs without a better `monitor` before stopping
     monitor: str = "pixel_iou"
+    select_best: bool = True  # False: no early stopping, keep the last epoch's weights
     threshold: float = 0.5
     min_area: int = 10  # pixels; specks smaller than this are not buildings
     workers: int = 0
@@ -188,7 +189,9 @@ def train(
     buffer: int,
     on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
-    """Fit `model`; returns it with the weights of its best validation epoch."""
+    """Fit `model`; returns it with the weights of its best epoch on `val_set` (pass a
+    tune split, not the validation split, when the validation scores must stay honest),
+    or of its last epoch when `config.select_best` is off."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     rank, world = 0, 1
@@ -254,7 +257,7 @@ def train(
 
     stopped_early = False
     for epoch in range(start_epoch, config.epochs + 1):
-        if _stale(history, best_epoch, config.patience):
+        if config.select_best and _stale(history, best_epoch, config.patience):
             stopped_early = True
             break
         if sampler is not None:
@@ -303,7 +306,7 @@ def train(
                 on_progress(Progress("epoch", epoch, config.epochs, steps, steps, None, scores))
         if config.distributed:
             dist.barrier()
-    if best_state is not None:
+    if best_state is not None and config.select_best:
         model.load_state_dict(best_state)
     return TrainResult(model.to("cpu").eval(), history, best, best_epoch, stopped_early)
 
