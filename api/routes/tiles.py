@@ -1,0 +1,213 @@
+"""Imagery tiles (XYZ, 256 px and @2x) and a TileJSON 3.0 document per source."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from api.deps import SessionDep
+from tilesight.errors import InvalidInput
+from tilesight.imagery.reader import check_tile, read_tile, tile_problem
+from tilesight.imagery.render import MEDIA_TYPES, empty_tile, encode
+from tilesight.imagery.sources import SourceCache, SourceInfo
+
+router = APIRouter(prefix="/tiles", tags=["tiles"])
+
+CACHE_CONTROL = "public, max-age=3600"
+TILE_SIZE = 256
+
+
+@dataclass
+class TileParams:
+    """Query parameters shared by every tile route, parsed once."""
+
+    bidx: Annotated[
+        list[int] | None,
+        Query(description="band numbers to show: one (grey) or three (RGB); repeat the key"),
+    ] = None
+    rescale: Annotated[
+        str | None,
+        Query(description="min,max of the values stretched to 0-255 (16-bit imagery)"),
+    ] = None
+    empty: Annotated[
+        Literal["404", "transparent"],
+        Query(description="outside the source: a 404 (default) or a transparent tile"),
+    ] = "404"
+
+    def __post_init__(self) -> None:
+        self.stretch: tuple[float, float] | None = None
+        if self.rescale is not None:
+            try:
+                low, high = (float(v) for v in self.rescale.split(","))
+            except ValueError as exc:
+                raise InvalidInput(
+                    "rescale takes two numbers: min,max", rescale=self.rescale
+                ) from exc
+            if not high > low:
+                raise InvalidInput("rescale needs min < max", rescale=self.rescale)
+            self.stretch = (low, high)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Keyword arguments for `read_tile`."""
+        return {"bidx": self.bidx, "rescale": self.stretch}
+
+    def query(self) -> str:
+        parts = [f"bidx={b}" for b in self.bidx or []]
+        if self.rescale:
+            parts.append(f"rescale={self.rescale}")
+        return "&".join(parts)
+
+
+TileParamsDep = Annotated[TileParams, Depends()]
+
+
+def source_cache(request: Request) -> SourceCache:
+    """The per-process cache of sources, made on first use (tiles need no query each)."""
+    state = request.app.state
+    if not hasattr(state, "source_cache"):
+        state.source_cache = SourceCache()
+    return state.source_cache
+
+
+def _etag(source: SourceInfo, z: int, x: int, y: int, scale: int, fmt: str, q: str) -> str:
+    key = f"{source.id}|{source.version}|{z}/{x}/{y}@{scale}.{fmt}?{q}"
+    return '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+async def _tile(
+    request: Request,
+    session: SessionDep,
+    source_id: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: str,
+    scale: int,
+    params: TileParams,
+) -> Response:
+    if fmt not in MEDIA_TYPES:
+        raise InvalidInput(f"unsupported tile format {fmt!r}", formats=sorted(MEDIA_TYPES))
+    cache = source_cache(request)
+    source = await run_in_threadpool(cache.get, session, source_id)
+    size = TILE_SIZE * scale
+    if params.empty == "transparent" and tile_problem(source, x, y, z) is not None:
+        content = empty_tile(fmt, size)
+        return Response(
+            content, media_type=MEDIA_TYPES[fmt], headers={"Cache-Control": CACHE_CONTROL}
+        )
+    check_tile(source, x, y, z)
+    etag = _etag(source, z, x, y, scale, fmt, params.query())
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+
+    def work() -> bytes:
+        tile = read_tile(source, x, y, z, tilesize=size, **params.as_dict())
+        return encode(tile, fmt)
+
+    content = await run_in_threadpool(work)
+    return Response(content, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+class TileJSON(BaseModel):
+    tilejson: str = "3.0.0"
+    name: str
+    description: str = ""
+    version: str = "1.0.0"
+    attribution: str
+    scheme: str = "xyz"
+    tiles: list[str]
+    minzoom: int
+    maxzoom: int
+    bounds: list[float]
+    center: list[float] = Field(description="longitude, latitude, zoom")
+
+
+@router.get(
+    "/{source_id}/tilejson.json",
+    response_model=TileJSON,
+    response_model_exclude_none=True,
+    summary="TileJSON 3.0 for a source, for Leaflet, OpenLayers, MapLibre or QGIS",
+)
+async def tilejson(
+    source_id: str,
+    request: Request,
+    session: SessionDep,
+    params: TileParamsDep,
+    tile_format: Annotated[str, Query(description="png, jpg or webp")] = "png",
+    tile_scale: Annotated[int, Query(ge=1, le=2, description="2 for 512 px tiles")] = 1,
+) -> TileJSON:
+    if tile_format not in MEDIA_TYPES:
+        raise InvalidInput(f"unsupported tile format {tile_format!r}", formats=sorted(MEDIA_TYPES))
+    source = await run_in_threadpool(source_cache(request).get, session, source_id)
+    base = str(request.base_url).rstrip("/")
+    suffix = "@2x" if tile_scale == 2 else ""
+    query = params.query()
+    url = f"{base}/tiles/{source.id}/{{z}}/{{x}}/{{y}}{suffix}.{tile_format}"
+    lon, lat = source.center
+    return TileJSON(
+        name=source.name,
+        attribution=source.attribution,
+        tiles=[f"{url}?{query}" if query else url],
+        minzoom=source.minzoom,
+        maxzoom=source.maxzoom,
+        bounds=list(source.bounds),
+        center=[lon, lat, max(source.minzoom, min(source.native_zoom, source.maxzoom) - 2)],
+    )
+
+
+TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))}},
+    304: {"description": "not modified (If-None-Match)"},
+    404: {"description": "unknown source, or a tile outside its zooms/bounds"},
+}
+
+
+@router.get(
+    "/{source_id}/{z}/{x}/{y}@2x.{fmt}",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="A 512 px imagery tile (for high-DPI screens)",
+)
+async def tile_2x(
+    source_id: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: str,
+    request: Request,
+    session: SessionDep,
+    params: TileParamsDep,
+) -> Response:
+    return await _tile(request, session, source_id, z, x, y, fmt, 2, params)
+
+
+@router.get(
+    "/{source_id}/{z}/{x}/{y}.{fmt}",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="A 256 px imagery tile (XYZ, Web Mercator)",
+)
+async def tile(
+    source_id: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: str,
+    request: Request,
+    session: SessionDep,
+    params: TileParamsDep,
+) -> Response:
+    return await _tile(request, session, source_id, z, x, y, fmt, 1, params)

@@ -1,0 +1,230 @@
+"""Registering a source from what a user gives: a path, a URL, an XYZ template or an upload.
+
+Each kind ends as one of two things on disk or on the wire: a local COG (GeoTIFFs are
+converted, chip folders mosaicked, URLs downloaded first) or an XYZ URL template. The
+row is written only once the imagery has been read successfully, so a failure leaves
+nothing registered.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import mercantile
+from shapely.geometry import box
+from sqlalchemy.orm import Session
+
+from tilesight.errors import Conflict, InvalidInput
+from tilesight.imagery import xyz
+from tilesight.imagery.chips import chips_to_cog, extract_zip
+from tilesight.imagery.cog import Progress, is_cog, to_cog
+from tilesight.imagery.rasters import inspect, open_geotiff
+from tilesight.imagery.sources import SourceInfo
+from tilesight.remote import RemoteClient, check_url
+from tilesight.settings import Settings
+from tilesight.tables import Source
+
+SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+REFUSED_PREFIXES = ("/vsi", "file:", "ftp:", "s3:", "gs:", "<")
+
+
+def register_source(
+    settings: Settings,
+    session: Session,
+    uri: str,
+    *,
+    name: str,
+    attribution: str = "",
+    source_id: str | None = None,
+    progress: Progress | None = None,
+    minzoom: int | None = None,
+    maxzoom: int | None = None,
+    reuse_existing: bool = False,
+) -> SourceInfo:
+    """Register `uri` (local path, http(s) URL of a GeoTIFF, or XYZ template) as a source.
+
+    `reuse_existing` keeps a COG already made for this id (the demo's second start).
+    """
+    sid = new_source_id(session, source_id, name)
+    uri = uri.strip()
+    if xyz.is_template(uri):
+        return _register_xyz(settings, session, sid, uri, name, attribution, minzoom, maxzoom)
+    if uri.startswith(("http://", "https://")):
+        check_url(uri, settings.remote_allowlist)
+        owned = settings.sources_dir / sid
+        try:
+            client = RemoteClient(settings.remote_allowlist, settings.request_timeout_s)
+            try:
+                downloaded = client.download(uri, owned / "download", settings.upload_max_bytes)
+            finally:
+                client.close()
+            return register_file(
+                settings, session, downloaded, name=name, attribution=attribution,
+                source_id=sid, original_uri=uri, progress=progress,
+            )  # fmt: skip
+        except BaseException:
+            shutil.rmtree(owned, ignore_errors=True)
+            raise
+    path = local_path(settings, uri)
+    return register_file(
+        settings, session, path, name=name, attribution=attribution, source_id=sid,
+        original_uri=uri, progress=progress, in_place=True, reuse_existing=reuse_existing,
+    )  # fmt: skip
+
+
+def register_file(
+    settings: Settings,
+    session: Session,
+    path: Path,
+    *,
+    name: str,
+    attribution: str,
+    source_id: str,
+    original_uri: str,
+    progress: Progress | None = None,
+    in_place: bool = False,
+    reuse_existing: bool = False,
+) -> SourceInfo:
+    """Register a file we may read: a GeoTIFF/COG, a zip of chips, or a folder of chips.
+
+    `in_place` serves an already-valid COG from where it is instead of copying it.
+    """
+    owned = settings.sources_dir / source_id
+    cog = owned / f"{source_id}.tif"
+    made_dir = not owned.exists()
+    try:
+        if reuse_existing and cog.exists():
+            kind = "chips" if path.is_dir() or _is_zip(path) else "cog"
+        elif path.is_dir():
+            kind = "chips"
+            chips_to_cog(path, cog, progress)
+        elif _is_zip(path):
+            kind = "chips"
+            folder = extract_zip(path, owned / "chips", settings.upload_max_bytes)
+            chips_to_cog(folder, cog, progress)
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            kind = "cog"
+            open_geotiff(path).close()  # refuses non-GeoTIFFs before any work
+            if is_cog(path):
+                cog = path if in_place else path.rename(cog)
+            else:
+                to_cog(path, cog, progress)
+        if not in_place and path.is_file() and path != cog:
+            path.unlink(missing_ok=True)  # a download or an upload, now converted
+        facts = inspect(cog)
+        row = Source(
+            id=source_id,
+            name=name,
+            kind=kind,
+            uri=str(cog),
+            original_uri=original_uri,
+            attribution=attribution,
+            crs=facts.crs,
+            bounds=list(facts.bounds),
+            footprint=f"SRID=4326;{box(*facts.bounds).wkt}",
+            resolution_m=facts.resolution_m,
+            minzoom=facts.minzoom,
+            maxzoom=facts.maxzoom,
+            band_count=facts.band_count,
+            dtype=facts.dtype,
+            info={"native_zoom": facts.native_zoom, "rescale": facts.rescale},
+        )
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+        return SourceInfo.from_row(row)
+    except BaseException:
+        session.rollback()
+        if made_dir:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+
+
+def local_path(settings: Settings, uri: str) -> Path:
+    """Resolve a user's path (symlinks too) and accept it only inside a data root."""
+    if uri.startswith(REFUSED_PREFIXES) or "://" in uri:
+        raise InvalidInput(
+            "unsupported source: give a local path under a data root, an http(s) URL, "
+            "or an XYZ template with {z}, {x} and {y}",
+            uri=uri[:200],
+        )
+    path = Path(uri).expanduser()
+    if not path.is_absolute():
+        path = settings.home / path
+    resolved = path.resolve()
+    roots = [root.resolve() for root in settings.data_roots]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise InvalidInput(
+            "the path is outside the directories sources may come from; put the file "
+            "under a data root or upload it",
+            data_roots=[str(root) for root in settings.data_roots],
+        )
+    if not resolved.exists():
+        raise InvalidInput(f"no such file or folder: {uri}")
+    return resolved
+
+
+def _register_xyz(
+    settings: Settings,
+    session: Session,
+    sid: str,
+    template: str,
+    name: str,
+    attribution: str,
+    minzoom: int | None,
+    maxzoom: int | None,
+) -> SourceInfo:
+    low = 0 if minzoom is None else minzoom
+    high = 19 if maxzoom is None else maxzoom
+    if not 0 <= low <= high <= 24:
+        raise InvalidInput("need 0 <= minzoom <= maxzoom <= 24", minzoom=low, maxzoom=high)
+    xyz.probe(settings, template, low)
+    bounds = (-180.0, -85.0511287798, 180.0, 85.0511287798)
+    row = Source(
+        id=sid,
+        name=name,
+        kind="xyz",
+        uri=template,
+        original_uri=template,
+        attribution=attribution,
+        crs="EPSG:3857",
+        bounds=list(bounds),
+        footprint=f"SRID=4326;{box(*bounds).wkt}",
+        resolution_m=round(mercantile.CE / (256 * 2**high), 4),
+        minzoom=low,
+        maxzoom=high,
+        band_count=3,
+        dtype="uint8",
+        info={"native_zoom": high, "rescale": None},
+    )
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return SourceInfo.from_row(row)
+
+
+def new_source_id(session: Session, source_id: str | None, name: str) -> str:
+    if source_id is not None:
+        if not SOURCE_ID.match(source_id):
+            raise InvalidInput(
+                "a source id is 1-64 lowercase letters, digits, '-' or '_'", id=source_id
+            )
+        if session.get(Source, source_id) is not None:
+            raise Conflict(f"a source {source_id!r} exists already; delete it first", id=source_id)
+        return source_id
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48] or "source"
+    candidate = slug
+    while session.get(Source, candidate) is not None:
+        candidate = f"{slug}-{uuid.uuid4().hex[:6]}"
+    return candidate
+
+
+def _is_zip(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"

@@ -1,0 +1,169 @@
+"""Reading http(s) URLs that users give us, without letting them point us at our own network.
+
+A URL from a user is a request the server makes on their behalf (SSRF). Every hop is
+checked: only http(s), the host is resolved and refused when any of its addresses is
+loopback, private, link-local, multicast or reserved (unless `remote_allowlist` names
+the host or address), redirects are followed by hand (at most 3) and re-checked, and
+every read has a timeout and a byte cap. GDAL never sees user URLs: files are
+downloaded through here and opened locally.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+
+from tilesight.errors import InvalidInput, TooLarge, UpstreamError
+
+MAX_REDIRECTS = 3
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RemoteResponse:
+    url: str
+    status: int
+    content_type: str
+    content: bytes
+
+
+def check_url(url: str, allowlist: Sequence[str]) -> httpx.URL:
+    """Parse and vet one URL; raises InvalidInput saying why it is refused."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidInput(f"not a valid URL: {url!r}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise InvalidInput(f"only http(s) URLs are accepted, not {parsed.scheme or 'none'}://")
+    host = parsed.host
+    if not host:
+        raise InvalidInput(f"the URL {url!r} has no host")
+    if host in allowlist:
+        return parsed
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UpstreamError(f"cannot resolve host {host!r}", url=url) from exc
+    for info in infos:
+        address = str(info[4][0])
+        if address not in allowlist and _is_internal(address):
+            raise InvalidInput(
+                f"the URL points at an internal address ({address}); only public hosts are "
+                "allowed unless the server's remote_allowlist names them",
+                host=host,
+            )
+    return parsed
+
+
+def _is_internal(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class RemoteClient:
+    """One pooled HTTP client that applies the checks above to every hop."""
+
+    def __init__(self, allowlist: Sequence[str], timeout_s: float) -> None:
+        self.allowlist = tuple(allowlist)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": "tilesight"},
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextmanager
+    def stream(self, url: str) -> Iterator[httpx.Response]:
+        """The final response after checked redirects; network failures become 502."""
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(current, self.allowlist)
+            try:
+                request = self._client.build_request("GET", current)
+                response = self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"could not read {current}: {exc.__class__.__name__}") from exc
+            if response.is_redirect and "location" in response.headers:
+                response.close()
+                current = urljoin(current, response.headers["location"])
+                continue
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        raise UpstreamError(f"{url} redirects more than {MAX_REDIRECTS} times")
+
+    def get(self, url: str, max_bytes: int) -> RemoteResponse:
+        """GET a small body (a tile) in memory, capped at `max_bytes`."""
+        with self.stream(url) as response:
+            body = bytearray()
+            try:
+                for chunk in response.iter_bytes():
+                    body.extend(chunk)
+                    if len(body) > max_bytes:
+                        raise UpstreamError(f"{url} sent more than {max_bytes} bytes")
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"reading {url} failed: {exc.__class__.__name__}") from exc
+            return RemoteResponse(
+                url=str(response.url),
+                status=response.status_code,
+                content_type=response.headers.get("content-type", ""),
+                content=bytes(body),
+            )
+
+    def download(
+        self,
+        url: str,
+        dest: Path,
+        max_bytes: int,
+        progress: Callable[[float], None] | None = None,
+    ) -> Path:
+        """Stream a file to `dest` under a byte cap; anything but a 200 is a 502 saying so."""
+        with self.stream(url) as response:
+            if response.status_code != 200:
+                raise UpstreamError(
+                    f"{url} answered HTTP {response.status_code}", status=response.status_code
+                )
+            total = int(response.headers.get("content-length") or 0)
+            if total > max_bytes:
+                raise TooLarge(f"{url} is {total} bytes; the limit is {max_bytes}", limit=max_bytes)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            written = 0
+            try:
+                with open(dest, "wb") as out:
+                    for chunk in response.iter_bytes(CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise TooLarge(f"{url} exceeds the limit of {max_bytes} bytes")
+                        out.write(chunk)
+                        if progress and total:
+                            progress(written / total)
+            except httpx.HTTPError as exc:
+                dest.unlink(missing_ok=True)
+                raise UpstreamError(f"reading {url} failed: {exc.__class__.__name__}") from exc
+            except TooLarge:
+                dest.unlink(missing_ok=True)
+                raise
+        return dest
