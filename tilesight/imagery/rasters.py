@@ -28,6 +28,10 @@ ALLOWED_DRIVER = "GTiff"
 # Zoom levels served above the native resolution (upsampled), so a model whose
 # native zoom is a little finer than the imagery can still read it.
 OVERZOOM = 2
+# Zoom levels served below the one where the smallest overview fills a tile: reading
+# them costs no more than that overview, and a map zoomed out should still show where
+# the imagery is.
+UNDERZOOM = 4
 
 GDAL_CONFIG: dict[str, str | int] = {
     "GDAL_CACHEMAX": 512,  # MB
@@ -91,7 +95,7 @@ def inspect(path: Path) -> RasterFacts:
             crs=crs.to_string(),
             bounds=tuple(round(b, 8) for b in bounds),  # type: ignore[arg-type]
             resolution_m=resolution_m,
-            minzoom=minzoom,
+            minzoom=max(0, minzoom - UNDERZOOM),
             maxzoom=native + OVERZOOM,
             native_zoom=native,
             band_count=dataset.count,
