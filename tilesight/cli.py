@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tilesight.commands import keys, stack
+from tilesight.commands import keys, sources, stack
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,6 +16,7 @@ app.command()(stack.down)
 app.command()(stack.status)
 app.command()(stack.migrate)
 app.add_typer(keys.app, name="keys")
+app.add_typer(sources.app, name="sources")
 
 
 if __name__ == "__main__":
