@@ -5,6 +5,8 @@ import { api } from "./api.js";
 import { areaKm2, formatKm2, tileCount } from "./geo.js";
 import { $, showError } from "./ui.js";
 
+const L = window.L;
+
 export class AreaDraw {
   constructor(app) {
     this.app = app;
@@ -15,6 +17,7 @@ export class AreaDraw {
     this.map.pm.setLang("en");
     $("#draw-rect").addEventListener("click", () => this.start("Rectangle"));
     $("#draw-poly").addEventListener("click", () => this.start("Polygon"));
+    $("#draw-view").addEventListener("click", () => this.useView());
     $("#draw-clear").addEventListener("click", () => this.clear());
     $("#submit-job").addEventListener("click", () => this.submit());
     this.map.on("pm:create", (event) => this.created(event.layer));
@@ -41,6 +44,14 @@ export class AreaDraw {
       shape === "Rectangle"
         ? "Click two opposite corners on the map (Esc cancels)."
         : "Click each corner; click the first point to close (Esc cancels).";
+  }
+
+  /** The visible map (inset by a tenth) as the area: drawing without a mouse. */
+  useView() {
+    if (this.map.pm.globalDrawModeEnabled()) this.map.pm.disableDraw();
+    const b = this.map.getBounds().pad(-0.1);
+    this.created(L.rectangle(b).addTo(this.map));
+    $("#submit-job").focus();
   }
 
   created(layer) {

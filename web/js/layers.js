@@ -66,9 +66,18 @@ function latLngBounds(bounds) {
   return L.latLngBounds([s, w], [n, e]);
 }
 
+/** `url` with extra query parameters, keeping its {z}/{x}/{y} placeholders readable. */
+function withQuery(url, params) {
+  const [path, query = ""] = url.split("?");
+  const merged = new URLSearchParams(query);
+  for (const [key, value] of Object.entries(params)) merged.set(key, value);
+  return `${path}?${merged}`;
+}
+
 /** The basemap from a source's TileJSON 3.0 document. */
 export function imageryLayer(tilejson, { onTileError } = {}) {
-  return new FetchTileLayer(tilejson.tiles[0], {
+  // gaps between chip clusters come back transparent instead of as 404s
+  return new FetchTileLayer(withQuery(tilejson.tiles[0], { empty: "transparent" }), {
     bounds: latLngBounds(tilejson.bounds),
     minZoom: 0,
     maxZoom: 24,

@@ -41,7 +41,7 @@ class App {
     Object.assign(this.state, changes);
     for (const [key, value] of Object.entries(changes)) if (value === undefined) delete this.state[key];
     if (this.map._loaded) writeHash(this.state);
-    if (quiet && !("model" in changes) && !("version" in changes)) return;
+    if (quiet) return;
     if (before.source !== this.state.source) return; // chooseSource redraws everything
     if (["model", "version", "threshold", "overlay"].some((k) => before[k] !== this.state[k])) this.redrawOverlay();
     if (before.opacity !== this.state.opacity) this.overlay?.setOpacity(this.state.opacity);
@@ -95,14 +95,15 @@ class App {
       showError($("#source-error"), { message: "No imagery registered yet: add some with `tilesight sources add`." });
       this.map.setView([0, 0], 2);
     }
-    await this.models.load();
+    // imagery first: it must show even when the model side is broken or still loading
     const wanted = this.sources.find((s) => s.id === this.state.source) || this.sources[0];
-    if (wanted) await this.chooseSource(wanted.id, { fit: this.state.zoom === undefined });
+    if (wanted) await this.chooseSource(wanted.id, { fit: this.state.zoom === undefined, overlay: false });
+    await this.models.load();
+    await this.redrawOverlay();
     await this.jobs.load();
-    this.loadLimits();
   }
 
-  async chooseSource(id, { fit }) {
+  async chooseSource(id, { fit, overlay = true }) {
     $("#source").value = id;
     this.state.source = id;
     try {
@@ -119,32 +120,44 @@ class App {
     const b = this.tilejson.bounds;
     if (fit && b) this.map.fitBounds([[b[1], b[0]], [b[3], b[2]]]);
     writeHash(Object.assign(this.state, this.view()));
-    await this.redrawOverlay();
+    if (overlay) await this.redrawOverlay();
     this.refreshBuildings();
   }
 
   overlayUrl() {
     const { model, source, version, threshold } = this.state;
-    const params = new URLSearchParams({ threshold: String(threshold) });
+    // sure hits come fully opaque; the opacity slider fades the layer in the browser,
+    // so moving it costs no new tiles
+    const params = new URLSearchParams({ threshold: String(threshold), opacity: "1" });
     if (version !== undefined && version !== null) params.set("version", String(version));
     const base = `predictions/${encodeURIComponent(model)}/${encodeURIComponent(source)}`;
-    return { base, template: `${base}/{z}/{x}/{y}.png?${params}` };
+    const pinned = version !== undefined && version !== null ? `?version=${version}` : "";
+    return { base, tilejson: `${base}/tilejson.json${pinned}`, template: `${base}/{z}/{x}/{y}.png?${params}` };
   }
 
   async redrawOverlay() {
     this.overlay?.remove();
     this.overlay = null;
+    const seq = (this.overlaySeq = (this.overlaySeq || 0) + 1);
     if (!this.state.overlay || !this.state.model || !this.state.source) return this.overlayHint();
-    const { base, template } = this.overlayUrl();
-    if (!this.overlayTilejson || this.overlayTilejson.key !== base) {
+    if (!this.models.current()) {
+      showError($("#overlay-error"), { message: `Model ${this.state.model} has no version to predict with yet.` });
+      return this.overlayHint();
+    }
+    const { tilejson, template } = this.overlayUrl();
+    if (!this.overlayTilejson || this.overlayTilejson.key !== tilejson) {
       try {
-        this.overlayTilejson = { key: base, ...(await api(`${base}/tilejson.json`)) };
+        this.overlayTilejson = { key: tilejson, ...(await api(tilejson)) };
         showError($("#overlay-error"), null);
       } catch (err) {
-        if (err.status === 503) this.banner(err);
-        else showError($("#overlay-error"), err);
         this.overlayTilejson = null;
+        if (err.status !== 503) {
+          showError($("#overlay-error"), err); // e.g. an unknown model or version: nothing to draw
+          return this.overlayHint();
+        }
+        this.banner(err); // predictions are down for now: keep the layer so it fills in later
       }
+      if (seq !== this.overlaySeq) return; // a newer redraw is under way
     }
     this.overlay = overlayLayer(template, this.overlayTilejson || { bounds: this.tilejson?.bounds }, {
       opacity: this.state.opacity,
@@ -182,11 +195,6 @@ class App {
     if (this.state.buildings && this.state.job) {
       this.buildings = buildingsLayer(this.state.job, this.map).addTo(this.map);
     }
-  }
-
-  /** Job limits, when the API publishes them, so they are explained before anyone hits them. */
-  async loadLimits() {
-    // filled in once the jobs API exposes its limits
   }
 }
 

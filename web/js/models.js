@@ -16,16 +16,18 @@ function metaOf(version) {
   return version.metadata || version.meta || {};
 }
 
-/** Flatten a metrics object ({iou: .7, val: {f1: .8}}) into [label, number] pairs. */
-function metricPairs(metrics, prefix = "") {
-  const pairs = [];
-  for (const [key, value] of Object.entries(metrics || {})) {
-    if (typeof value === "number") pairs.push([prefix + key, value]);
-    else if (value && typeof value === "object" && !Array.isArray(value) && !prefix) {
-      pairs.push(...metricPairs(value, `${key} `));
-    }
-  }
-  return pairs;
+/** The headline numbers of a metrics object (nested baselines and histories stay out). */
+function metricPairs(metrics) {
+  const skip = new Set(["best_epoch", "epochs_run"]);
+  return Object.entries(metrics || {}).filter(([key, value]) => typeof value === "number" && !skip.has(key));
+}
+
+function trainedOn(meta) {
+  const data = meta.training_data;
+  if (!data) return null;
+  if (typeof data === "string") return data;
+  const sources = (data.sources || []).map((s) => String(s).split("/").filter(Boolean).slice(-1)[0]);
+  return [sources.length ? sources.join(", ") : null, data.licence].filter(Boolean).join(" · ");
 }
 
 export class Models {
@@ -108,8 +110,9 @@ export class Models {
       return;
     }
     const meta = metaOf(current);
-    const rows = metricPairs(meta.metrics).slice(0, 8);
+    const rows = metricPairs(current.metrics || meta.metrics).slice(0, 8);
     if (meta.zoom !== undefined) rows.push(["zoom", meta.zoom]);
+    box.title = (current.metrics || meta.metrics)?.evaluated_on || "";
     box.replaceChildren(
       ...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "number" ? fmtNumber(v, 3) : v)]),
     );
@@ -123,11 +126,11 @@ export class Models {
       const promoted = this.promotedOf(model);
       for (const v of versionsOf(model)) {
         const meta = metaOf(v);
-        const metrics = metricPairs(meta.metrics)
+        const metrics = metricPairs(v.metrics || meta.metrics)
           .slice(0, 4)
           .map(([k, n]) => `${k} ${fmtNumber(n, 3)}`)
           .join(" · ");
-        const isPromoted = v.version === promoted;
+        const isPromoted = v.promoted ?? v.version === promoted;
         const error = h("p", { class: "error", role: "alert", hidden: true });
         cards.push(
           h(
@@ -140,7 +143,7 @@ export class Models {
               isPromoted ? h("span", { class: "state promoted" }, "promoted") : h("span", { class: "state" }, v.state || "available"),
             ),
             h("p", { class: "meta" }, metrics || "no metrics recorded"),
-            meta.training_data ? h("p", { class: "meta" }, `trained on ${typeof meta.training_data === "string" ? meta.training_data : JSON.stringify(meta.training_data)}`) : null,
+            trainedOn(meta) ? h("p", { class: "meta" }, `trained on ${trainedOn(meta)}`) : null,
             h(
               "div",
               { class: "actions" },

@@ -12,7 +12,7 @@ export function showError(element, error) {
   const detail = error.detail || {};
   const extras = [];
   for (const [key, value] of Object.entries(detail)) {
-    if (key === "errors") continue;
+    if (key === "errors" || value === null || value === "" || (Array.isArray(value) && !value.length)) continue;
     extras.push(`${key.replace(/_/g, " ")}: ${Array.isArray(value) ? value.join(", ") : typeof value === "object" ? JSON.stringify(value) : value}`);
   }
   element.textContent = extras.length ? `${error.message} (${extras.join("; ")})` : error.message;
