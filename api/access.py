@@ -60,8 +60,11 @@ def access(
     write: str = "submit",
     budget: str = "default",
     public: bool = False,
+    read_budget: str | None = None,
 ) -> Callable[[Request], Awaitable[None]]:
-    """A dependency that authenticates, checks the scope for the method and rate-limits."""
+    """A dependency that authenticates, checks the scope for the method and rate-limits
+    from `budget` (reads from `read_budget` when given, so polling a job does not eat
+    into the budget for submitting them)."""
 
     async def dependency(request: Request) -> None:
         settings = request.app.state.settings
@@ -74,7 +77,8 @@ def access(
                 f"this API key lacks the `{scope}` scope", scopes=sorted(principal.scopes)
             )
         request.state.principal = principal
-        await _limit(request, principal, budget)
+        is_read = request.method in READ_METHODS
+        await _limit(request, principal, (read_budget or budget) if is_read else budget)
 
     return dependency
 

@@ -47,6 +47,14 @@ def settings(test_home: Path) -> Settings:
         triton_metrics_port=free_port(),
         load_demo=True,
         remote_allowlist=["127.0.0.1", "localhost"],
+        # generous: tests from one address must not trip limits meant for the public;
+        # test_access.py builds its own app with tight limits to test them
+        rate_limits={
+            "tiles": [5000, 20000],
+            "predictions": [5000, 20000],
+            "jobs": [100, 1000],
+            "default": [5000, 20000],
+        },
     )
 
 

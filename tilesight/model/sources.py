@@ -122,7 +122,7 @@ class RasterImagery:
         self._reader_cls = Reader
         with Reader(self.path) as src:
             count, dtype = src.dataset.count, src.dataset.dtypes[0]
-            self.bounds = src.geographic_bounds
+            self.bounds = src.get_geographic_bounds("epsg:4326")
             if count not in (1, 3, 4):
                 raise InvalidInput(
                     f"{path} has {count} bands; training needs RGB (3), RGBA (4) or 1 band",
