@@ -14,12 +14,14 @@ from api import errors
 from api.access import access
 from api.middleware import RequestContext
 from api.routes import health, keys, metrics, sources, tiles
+from api.routes import models, predictions
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.logs import configure_logging
 from tilesight.settings import Settings, get_settings
 from tilesight.triton import TritonClient
 
 ROUTERS = [health.router, metrics.router, keys.router, sources.router, tiles.router]
+ROUTERS += [models.router, predictions.router]
 
 # Who may call each router (keyed by the router's first tag) and from which rate budget;
 # reads need `read`, writes the scope named. Routers not listed are open (health, metrics).

@@ -34,6 +34,11 @@ class TritonClient:
                 channel_args=[
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
                     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    # a restarted Triton is found again within a second or two, not
+                    # after gRPC's default reconnect backoff of up to two minutes
+                    ("grpc.initial_reconnect_backoff_ms", 250),
+                    ("grpc.min_reconnect_backoff_ms", 250),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
                 ],
             )
         return self._client
@@ -104,6 +109,19 @@ class TritonClient:
         if array is None:
             raise Unavailable(f"Triton returned no '{output_name}' for {model}")
         return array.astype(np.float32, copy=False)
+
+    async def inference_statistics(self, model: str, version: str = "") -> dict:
+        """Triton's counters for `model`: requests (inference_count) and model runs
+        (execution_count) per version, which is how batching and single flight show."""
+        try:
+            return await asyncio.wait_for(
+                self.client.get_inference_statistics(model, version, as_json=True),
+                timeout=self.timeout_s,
+            )
+        except TimeoutError as exc:
+            raise Unavailable(f"Triton did not answer within {self.timeout_s}s") from exc
+        except InferenceServerException as exc:
+            raise _translate(exc, model, version) from exc
 
     async def load_model(self, model: str) -> None:
         try:

@@ -1,0 +1,252 @@
+"""Prediction tiles (the building overlay, 256 px and @2x) and their TileJSON."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from api.deps import SessionDep
+from tilesight import overlay, predict, registry
+from tilesight.imagery.reader import check_tile
+from tilesight.imagery.sources import SourceCache, SourceInfo
+
+router = APIRouter(prefix="/predictions", tags=["predictions"])
+
+MINZOOM_HEADER = "X-Predictions-Minzoom"
+# a pinned version never changes; the promoted one can, so its tiles revalidate sooner
+CACHE_PINNED = "public, max-age=86400, immutable"
+CACHE_PROMOTED = "public, max-age=60"
+
+
+@dataclass
+class StyleParams:
+    """How the probabilities are drawn: parsed once, shared by tiles and TileJSON."""
+
+    mode: Annotated[
+        overlay.Mode,
+        Query(description="overlay (RGBA colour), mask (binary grey) or probability (grey)"),
+    ] = "overlay"
+    threshold: Annotated[
+        float | None,
+        Query(ge=0, le=1, description="probability drawn as a hit; default: the model's own"),
+    ] = None
+    colormap: Annotated[
+        str | None,
+        Query(
+            description="class colours by default; a ramp (viridis, magma, inferno, heat) "
+            "or one colour like #00ff88"
+        ),
+    ] = None
+    opacity: Annotated[float, Query(ge=0, le=1, description="alpha of a sure hit")] = 0.6
+
+    def style(self) -> overlay.Style:
+        return overlay.Style(self.mode, self.threshold, self.colormap, self.opacity)
+
+    def query(self) -> dict[str, Any]:
+        """The parameters that differ from the defaults, for tile URLs."""
+        defaults = overlay.Style().as_dict()
+        return {k: v for k, v in self.style().as_dict().items() if v != defaults[k]}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One model version over one source, resolved once per request."""
+
+    model: str
+    version: int
+    pinned: bool  # the request named its version
+    metadata: dict[str, Any]
+    source: SourceInfo
+
+
+def resolve_layer(
+    request: Request,
+    session: SessionDep,
+    model: str,
+    source: str,
+    version: Annotated[
+        int | None, Query(ge=1, description="model version; default: the promoted one")
+    ] = None,
+) -> Layer:
+    state = request.app.state
+    if not hasattr(state, "source_cache"):
+        state.source_cache = SourceCache()
+    info = state.source_cache.get(session, source)
+    resolved = registry.resolve_version(session, model, version)
+    metadata = registry.model_metadata(state.settings, model, resolved)
+    return Layer(model, resolved, version is not None, metadata, info)
+
+
+def predict_context(request: Request) -> predict.PredictContext:
+    """One context per app: its in-flight map is what makes single flight work."""
+    state = request.app.state
+    if not hasattr(state, "predict_context"):
+        state.predict_context = predict.PredictContext(state.settings, state.triton, state.redis)
+    return state.predict_context
+
+
+LayerDep = Annotated[Layer, Depends(resolve_layer)]
+StyleDep = Annotated[StyleParams, Depends()]
+ContextDep = Annotated[predict.PredictContext, Depends(predict_context)]
+Z = Annotated[int, Path(ge=0, le=30)]
+XY = Annotated[int, Path(ge=0)]
+
+
+def _etag(layer: Layer, z: int, x: int, y: int, scale: int, style: overlay.Style) -> str:
+    key = (
+        f"{layer.model}|v{layer.version}|{layer.source.id}|{layer.source.version}|"
+        f"{z}/{x}/{y}@{scale}|{sorted(style.as_dict().items())}"
+    )
+    return (
+        '"v'
+        + str(layer.version)
+        + "-"
+        + hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+        + '"'
+    )
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+async def _tile(
+    request: Request,
+    ctx: predict.PredictContext,
+    layer: Layer,
+    style_params: StyleParams,
+    z: int,
+    x: int,
+    y: int,
+    scale: int,
+) -> Response:
+    style = style_params.style()
+    minzoom = predict.min_zoom(layer.metadata)
+    if z < minzoom:
+        return JSONResponse(
+            {
+                "error": f"predictions of {layer.model} exist from zoom {minzoom}; zoom in",
+                "detail": {"minzoom": minzoom, "native_zoom": layer.metadata["zoom"]},
+            },
+            status_code=404,
+            headers={MINZOOM_HEADER: str(minzoom)},
+        )
+    check_tile(layer.source, x, y, z)
+    etag = _etag(layer, z, x, y, scale, style)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": CACHE_PINNED if layer.pinned else CACHE_PROMOTED,
+        "X-Model-Version": str(layer.version),
+        MINZOOM_HEADER: str(minzoom),
+    }
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    run = predict.predict_tile_2x if scale == 2 else predict.predict_tile
+    probs = await run(ctx, layer.model, layer.version, layer.source, x, y, z)
+    threshold = (
+        style.threshold
+        if style.threshold is not None
+        else float(layer.metadata.get("threshold", 0.5))
+    )
+    classes = layer.metadata["classes"]
+    content = await run_in_threadpool(
+        lambda: overlay.to_png(overlay.render(probs, classes, style, threshold))
+    )
+    return Response(content, media_type="image/png", headers=headers)
+
+
+TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}},
+    304: {"description": "not modified (If-None-Match)"},
+    404: {
+        "description": "unknown model, version or source; a tile outside the imagery; or a "
+        "zoom below the model's reach (header X-Predictions-Minzoom says where they start)"
+    },
+    503: {"description": "Triton is down or the model is loading; retry after Retry-After"},
+}
+
+
+@router.get(
+    "/{model}/{source}/{z}/{x}/{y}@2x.png",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="A 512 px prediction overlay tile (for high-DPI screens)",
+)
+async def tile_2x(
+    z: Z, x: XY, y: XY, request: Request, ctx: ContextDep, layer: LayerDep, style: StyleDep
+) -> Response:
+    return await _tile(request, ctx, layer, style, z, x, y, 2)
+
+
+@router.get(
+    "/{model}/{source}/{z}/{x}/{y}.png",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="A prediction overlay tile: the model's buildings over one imagery tile",
+)
+async def tile(
+    z: Z, x: XY, y: XY, request: Request, ctx: ContextDep, layer: LayerDep, style: StyleDep
+) -> Response:
+    return await _tile(request, ctx, layer, style, z, x, y, 1)
+
+
+class PredictionTileJSON(BaseModel):
+    tilejson: str = "3.0.0"
+    name: str
+    description: str = ""
+    version: str = Field(description="the model version these tiles come from")
+    attribution: str
+    scheme: str = "xyz"
+    tiles: list[str]
+    minzoom: int = Field(description="predictions exist from this zoom (the model's reach)")
+    maxzoom: int
+    bounds: list[float]
+    center: list[float] = Field(description="longitude, latitude, zoom")
+
+
+@router.get(
+    "/{model}/{source}/tilejson.json",
+    response_model=PredictionTileJSON,
+    summary="TileJSON 3.0 for a model's overlay over a source",
+)
+def tilejson(
+    request: Request,
+    layer: LayerDep,
+    style: StyleDep,
+    tile_scale: Annotated[int, Query(ge=1, le=2)] = 1,
+) -> PredictionTileJSON:
+    source, meta = layer.source, layer.metadata
+    query = style.query()
+    if layer.pinned:
+        query["version"] = layer.version
+    suffix = "@2x" if tile_scale == 2 else ""
+    base = str(request.base_url).rstrip("/")
+    url = f"{base}/predictions/{layer.model}/{source.id}/{{z}}/{{x}}/{{y}}{suffix}.png"
+    if query:
+        url += "?" + urlencode(query)
+    minzoom = max(source.minzoom, predict.min_zoom(meta))
+    maxzoom = max(source.maxzoom, minzoom)
+    lon, lat = source.center
+    training = meta.get("training_data")
+    credit = training.get("attribution", "") if isinstance(training, dict) else ""
+    return PredictionTileJSON(
+        name=f"{layer.model} v{layer.version} over {source.name}",
+        description=f"{layer.model} predictions (native zoom {meta['zoom']})",
+        version=str(layer.version),
+        attribution="; ".join(a for a in (source.attribution, credit) if a),
+        tiles=[url],
+        minzoom=minzoom,
+        maxzoom=maxzoom,
+        bounds=list(source.bounds),
+        center=[lon, lat, min(maxzoom, int(meta["zoom"]))],
+    )
