@@ -98,10 +98,13 @@ def read_tile(
         )
         return TileArray(data, mask)
     indexes = _indexes(source, bidx)
+    reader = _reader(source)
+    size = tilesize + 2 * buffer
+    if not reader.tile_exists(x, y, z):
+        # Inside the recorded (EPSG:4326) bounds but not the dataset's own: no pixels.
+        return TileArray(np.zeros((3, size, size), np.uint8), np.zeros((size, size), bool))
     try:
-        image = _reader(source).tile(
-            x, y, z, tilesize=tilesize, indexes=indexes, buffer=buffer or None
-        )
+        image = reader.tile(x, y, z, tilesize=tilesize, indexes=indexes, buffer=buffer or None)
     except RasterioIOError as exc:
         _forget(source)
         raise Unavailable(f"the imagery of {source.id} cannot be read right now") from exc

@@ -31,13 +31,13 @@ def encode(tile: TileArray, fmt: str) -> bytes:
     if fmt in ("jpg", "jpeg"):
         if not opaque:
             rgb = np.where(tile.mask[..., None], rgb, 0).astype(np.uint8)
-        Image.fromarray(rgb, "RGB").save(out, "JPEG", quality=JPEG_QUALITY)
+        Image.fromarray(rgb).save(out, "JPEG", quality=JPEG_QUALITY)
         return out.getvalue()
     if opaque:
-        image = Image.fromarray(rgb, "RGB")
+        image = Image.fromarray(rgb)
     else:
         alpha = tile.mask.astype(np.uint8) * 255
-        image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+        image = Image.fromarray(np.dstack([rgb, alpha]))
     if fmt == "png":
         image.save(out, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:

@@ -106,7 +106,7 @@ class TileFetcher:
         if scale == 1 and ox.is_integer() and oy.is_integer():
             out = mosaic[int(oy) : int(oy) + size, int(ox) : int(ox) + size]
         else:
-            image = Image.fromarray(mosaic, "RGBA")
+            image = Image.fromarray(mosaic)
             box = (ox, oy, ox + size * scale, oy + size * scale)
             resample = Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BOX
             out = np.asarray(image.resize((size, size), resample, box=box))
