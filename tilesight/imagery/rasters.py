@@ -34,7 +34,9 @@ OVERZOOM = 2
 UNDERZOOM = 4
 
 GDAL_CONFIG: dict[str, str | int] = {
-    "GDAL_CACHEMAX": 512,  # MB
+    # bytes: rasterio passes this int to GDALSetCacheMax64, so 512 meant 512 *bytes* and a
+    # buffered (unaligned) tile read re-decoded JPEG blocks for ~5 s (predictions engineer)
+    "GDAL_CACHEMAX": 512 * 1024 * 1024,
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_BAND_BLOCK_CACHE": "HASHSET",
     "GDAL_HTTP_MAX_RETRY": 0,
