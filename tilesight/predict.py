@@ -51,6 +51,7 @@ class PredictContext:
     counts: dict[str, int] = field(
         default_factory=lambda: {"hits": 0, "misses": 0, "inferences": 0}
     )
+    reloads: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, cache: bool = True) -> PredictContext:
@@ -265,12 +266,28 @@ async def _infer(
     try:
         probs = await ctx.triton.infer(model, tile.data[None], str(version))
     except NotFound as exc:
-        # registered in the database but not (yet) served: a version being loaded
+        # on disk and in the database but not served: a version exported since Triton
+        # last loaded the model. Ask Triton to load it (once at a time) and say when.
+        _reload_in_background(ctx, model)
         raise Unavailable(
-            f"model {model} version {version} is not loaded in Triton yet", retry_after=2
+            f"model {model} version {version} is being loaded by Triton", retry_after=5
         ) from exc
     out = probs[0, :, buffer : buffer + TILE, buffer : buffer + TILE]
     return np.where(mask[None], out, 0.0).astype(np.float32)
+
+
+def _reload_in_background(ctx: PredictContext, model: str) -> None:
+    running = ctx.reloads.get(model)
+    if running is not None and not running.done():
+        return
+
+    async def reload() -> None:
+        try:
+            await registry.ensure_loaded(ctx.triton, model, ctx.settings)
+        except (Unavailable, NotFound) as exc:
+            log.warning("Triton could not load %s: %s", model, exc.message)
+
+    ctx.reloads[model] = asyncio.ensure_future(reload())
 
 
 async def _cache_get(

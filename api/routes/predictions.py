@@ -88,7 +88,8 @@ def predict_context(request: Request) -> predict.PredictContext:
     """One context per app: its in-flight map is what makes single flight work."""
     state = request.app.state
     if not hasattr(state, "predict_context"):
-        state.predict_context = predict.PredictContext(state.settings, state.triton, state.redis)
+        redis = state.redis if state.settings.prediction_cache else None
+        state.predict_context = predict.PredictContext(state.settings, state.triton, redis)
     return state.predict_context
 
 

@@ -1,0 +1,239 @@
+"""Prediction tiles: what the API adds to the model, side by side in one run.
+
+Starts a private stack (PostGIS, Redis, Triton, API; no worker) in a temporary home with
+the demo data and a copy of model_repo/, then, for concurrency 1, 8 and 32, measures
+tiles/s and p50/p99 latency on loopback for
+
+- imagery:  GET /tiles/{source}/{z}/{x}/{y}.png (the floor: reading and encoding imagery)
+- triton:   the same tiles, read beforehand with their context buffer, sent straight to
+            Triton over gRPC, one tile per request (what the model alone delivers)
+- cold:     GET /predictions/... with the prediction cache off (API restarted with
+            TILESIGHT_PREDICTION_CACHE=false): read + infer + crop + colour + PNG
+- warm:     the same with the cache on and every tile already cached
+
+and prints the U-Net's FLOPs per tile (input tile_size + 2 * buffer square).
+
+    .venv/bin/python bench/predictions.py                      # tanzania z19, 48 requests
+    .venv/bin/python bench/predictions.py --requests 96 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tilesight.db import make_engine, make_sessionmaker, migrate
+from tilesight.demo import load_demo
+from tilesight.imagery.reader import read_tile
+from tilesight.imagery.sources import get_source
+from tilesight.model.export import load_model
+from tilesight.registry import model_metadata, resolve_version
+from tilesight.settings import PROJECT_ROOT, Settings
+from tilesight.stack import Stack, free_port
+from tilesight.triton import TritonClient
+
+UNLIMITED = [1e9, 1e9]
+
+
+def flops_per_tile(version_dir: Path, size: int) -> float:
+    model, _ = load_model(version_dir)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros((1, 3, size, size), dtype=torch.uint8))
+    return float(counter.get_total_flops())
+
+
+async def measure(
+    call: Callable[[int], Awaitable[bool]], requests: int, concurrency: int
+) -> dict[str, float]:
+    """`requests` calls (index i) from `concurrency` workers: tiles/s of the successful
+    ones, their latency, and how many failed (a 503 when Triton's queue is too long)."""
+    latencies: list[float] = []
+    errors = 0
+    queue = list(range(requests))
+
+    async def worker() -> None:
+        nonlocal errors
+        while queue:
+            i = queue.pop()
+            start = time.perf_counter()
+            if await call(i):
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    ms = np.array(latencies or [float("nan")]) * 1000
+    return {
+        "tiles_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "errors": errors,
+    }
+
+
+def http_call(client: httpx.AsyncClient, urls: list[str]) -> Callable[[int], Awaitable[None]]:
+    async def call(i: int) -> None:
+        response = await client.get(urls[i % len(urls)])
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code} {response.text[:200]}")
+
+    return call
+
+
+def bench_settings(home: Path, cache: bool) -> dict[str, Any]:
+    return {
+        "environment": "test",
+        "home": home,
+        "model_repo": home / "model_repo",
+        "prediction_cache": cache,
+        "rate_limits": {k: UNLIMITED for k in ("tiles", "predictions", "jobs", "default")},
+    }
+
+
+async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dict[str, Any]:
+    engine = make_engine(settings)
+    with make_sessionmaker(engine)() as session:
+        source = get_source(session, args.source)
+        version = resolve_version(session, args.model, None)
+    engine.dispose()
+    meta = model_metadata(settings, args.model, version)
+    z, buffer = int(meta["zoom"]), int(meta["buffer"])
+    chips = sorted((PROJECT_ROOT / "data/demo/buildings" / args.source).glob(f"*-{z}.png"))
+    tiles = [tuple(int(v) for v in p.stem.split("-")[1:3]) for p in chips]
+    windows = [
+        read_tile(source, x, y, z, tilesize=256, buffer=buffer, settings=settings).data[None]
+        for x, y in tiles
+    ]
+    base = settings.api_url
+    imagery = [f"{base}/tiles/{args.source}/{z}/{x}/{y}.png" for x, y in tiles]
+    preds = [f"{base}/predictions/{args.model}/{args.source}/{z}/{x}/{y}.png" for x, y in tiles]
+    triton = TritonClient(settings.triton_url, timeout_s=120)
+
+    async def direct(i: int) -> bool:
+        await triton.infer(args.model, windows[i % len(windows)], str(version))
+        return True
+
+    size = 256 + 2 * buffer
+    flops = flops_per_tile(settings.model_repo / args.model / str(version), size)
+    results: dict[str, Any] = {
+        "device": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "model": f"{args.model} v{version}",
+        "architecture": meta["architecture"],
+        "input": [3, size, size],
+        "gflops_per_tile": round(flops / 1e9, 2),
+        "tiles": len(tiles),
+        "requests": args.requests,
+        "rows": [],
+    }
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        await direct(0)  # warm up Triton and the API
+        await client.get(imagery[0])
+        for c in args.concurrency:
+            row = {"concurrency": c}
+            row["imagery"] = await measure(http_call(client, imagery), args.requests, c)
+            row["triton"] = await measure(direct, args.requests, c)
+            results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+    # cold: the API again with the cache off, so every request runs the model
+    api = stack.component("api")
+    stack.stop_component(api)
+    cold_settings = Settings(**{**settings.model_dump(), "prediction_cache": False})
+    cold_stack = Stack(cold_settings, components=["api"])
+    cold_stack.start_component(cold_stack.component("api"))
+    try:
+        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+            await client.get(preds[0])
+            for row in results["rows"]:
+                c = row["concurrency"]
+                row["cold"] = await measure(http_call(client, preds), args.requests, c)
+                print(json.dumps({"concurrency": c, "cold": row["cold"]}), flush=True)
+    finally:
+        cold_stack.stop_component(cold_stack.component("api"))
+    stack.start_component(api)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        for url in preds:  # fill the cache
+            await client.get(url)
+        for row in results["rows"]:
+            c = row["concurrency"]
+            row["warm"] = await measure(http_call(client, preds), args.requests, c)
+            row["cold_vs_triton"] = round(
+                row["cold"]["tiles_per_s"] / row["triton"]["tiles_per_s"], 2
+            )
+            print(json.dumps({"concurrency": c, "warm": row["warm"]}), flush=True)
+    await triton.close()
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"{results['model']} input {results['input']}: {results['gflops_per_tile']} GFLOP/tile, "
+        f"{results['tiles']} distinct tiles, {results['requests']} requests per cell, "
+        f"{results['cpus']} CPUs",
+        "| concurrency | imagery tiles/s (p50/p99 ms) | Triton direct | API cold (no cache) "
+        "| API warm (cached) | cold / Triton |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results["rows"]:
+        cells = [
+            f"{row[k]['tiles_per_s']} ({row[k]['p50_ms']}/{row[k]['p99_ms']})"
+            + (f" {row[k]['errors']} failed" if row[k]["errors"] else "")
+            for k in ("imagery", "triton", "cold", "warm")
+        ]
+        lines.append(
+            f"| {row['concurrency']} | " + " | ".join(cells) + f" | {row['cold_vs_triton']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source", default="tanzania")
+    parser.add_argument("--model", default="buildings")
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--model-repo", type=Path, default=PROJECT_ROOT / "model_repo")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="tilesight-bench-"))
+    shutil.copytree(args.model_repo, home / "model_repo")
+    ports = {
+        f"{name}_port": free_port()
+        for name in ("api", "postgres", "redis", "triton_http", "triton_grpc", "triton_metrics")
+    }
+    settings = Settings(**bench_settings(home, cache=True), **ports)
+    stack = Stack(settings, components=["postgres", "redis", "triton", "api"])
+    try:
+        stack.start(on_ready=lambda name: migrate(settings) if name == "postgres" else None)
+        for line in load_demo(settings):
+            print(line, flush=True)
+        results = asyncio.run(run(args, settings, stack))
+    finally:
+        stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
