@@ -88,7 +88,8 @@ export class AreaDraw {
     let over = false;
     if (zoom !== null && zoom !== undefined) {
       const { count, capped } = tileCount(geometry, zoom, (this.limits?.max_tiles ?? 100_000) + 1);
-      parts.push(`${capped ? "more than " : ""}${count.toLocaleString()} tiles at zoom ${zoom}`);
+      const tiles = `${count.toLocaleString()} tile${count === 1 ? "" : "s"}`;
+      parts.push(`${capped ? "more than " : ""}${tiles} at zoom ${zoom}`);
       if (this.limits?.max_tiles && count > this.limits.max_tiles) over = true;
     }
     if (this.limits?.max_area_km2 && km2 > this.limits.max_area_km2) over = true;

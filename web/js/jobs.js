@@ -44,7 +44,8 @@ export class Jobs {
     const areas = JSON.parse(localStorage.getItem(AREAS) || "{}");
     areas[job.id] = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];
     localStorage.setItem(AREAS, JSON.stringify(areas));
-    this.jobs.set(job.id, { source: this.app.state.source, model: this.app.state.model, ...job });
+    const created_at = new Date().toISOString(); // until its first event says when exactly
+    this.jobs.set(job.id, { source: this.app.state.source, model: this.app.state.model, created_at, ...job });
     this.follow(job.id);
     this.render();
   }
@@ -104,7 +105,7 @@ export class Jobs {
     const selected = this.app.state.job === job.id;
     const counts = [
       job.area_km2 !== undefined ? `${fmtNumber(job.area_km2, 3)} km²` : null,
-      job.tiles !== undefined ? `${job.tiles} tiles` : null,
+      job.tiles !== undefined ? `${job.tiles} tile${job.tiles === 1 ? "" : "s"}` : null,
       job.chunks_total ? `${job.chunks_done ?? 0}/${job.chunks_total} chunks` : null,
       job.buildings !== undefined ? `${job.buildings} buildings` : null,
     ].filter(Boolean);

@@ -191,9 +191,16 @@ class App {
 
   refreshBuildings() {
     this.buildings?.remove();
+    this.jobOutline?.remove();
     this.buildings = null;
+    this.jobOutline = null;
     if (this.state.buildings && this.state.job) {
       this.buildings = buildingsLayer(this.state.job, this.map).addTo(this.map);
+      const bounds = this.jobs.bounds({ id: this.state.job });
+      if (bounds) {
+        const style = { color: "#0a5bd3", weight: 2, dashArray: "6 4", fill: false, interactive: false };
+        this.jobOutline = L.rectangle(bounds, style).addTo(this.map);
+      }
     }
   }
 }

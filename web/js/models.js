@@ -16,10 +16,15 @@ function metaOf(version) {
   return version.metadata || version.meta || {};
 }
 
-/** The headline numbers of a metrics object (nested baselines and histories stay out). */
+const HEADLINE = ["f1", "precision", "recall", "iou", "pixel_iou", "object_f1", "object_precision", "object_recall"];
+
+/** The headline numbers of a metrics object, best known first (losses, epochs and nested
+ * baselines or histories stay out). */
 function metricPairs(metrics) {
-  const skip = new Set(["best_epoch", "epochs_run"]);
-  return Object.entries(metrics || {}).filter(([key, value]) => typeof value === "number" && !skip.has(key));
+  const skip = new Set(["best_epoch", "epochs_run", "loss"]);
+  const pairs = Object.entries(metrics || {}).filter(([key, value]) => typeof value === "number" && !skip.has(key));
+  const rank = (key) => (HEADLINE.includes(key) ? HEADLINE.indexOf(key) : HEADLINE.length);
+  return pairs.sort(([a], [b]) => rank(a) - rank(b));
 }
 
 function trainedOn(meta) {
@@ -110,11 +115,14 @@ export class Models {
       return;
     }
     const meta = metaOf(current);
-    const rows = metricPairs(current.metrics || meta.metrics).slice(0, 8);
+    const rows = metricPairs(current.metrics || meta.metrics).slice(0, 6);
     if (meta.zoom !== undefined) rows.push(["zoom", meta.zoom]);
     box.title = (current.metrics || meta.metrics)?.evaluated_on || "";
     box.replaceChildren(
-      ...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "number" ? fmtNumber(v, 3) : v)]),
+      ...rows.flatMap(([k, v]) => [
+        h("dt", {}, k.replace(/_/g, " ")),
+        h("dd", {}, typeof v === "number" ? fmtNumber(v, 3) : v),
+      ]),
     );
   }
 
@@ -127,8 +135,8 @@ export class Models {
       for (const v of versionsOf(model)) {
         const meta = metaOf(v);
         const metrics = metricPairs(v.metrics || meta.metrics)
-          .slice(0, 4)
-          .map(([k, n]) => `${k} ${fmtNumber(n, 3)}`)
+          .slice(0, 3)
+          .map(([k, n]) => `${k.replace(/_/g, " ")} ${fmtNumber(n, 3)}`)
           .join(" · ");
         const isPromoted = v.promoted ?? v.version === promoted;
         const error = h("p", { class: "error", role: "alert", hidden: true });
