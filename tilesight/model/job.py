@@ -83,7 +83,7 @@ def data_licence(imagery: Path) -> dict[str, str]:
             licences = [ln.strip("- ").strip() for ln in text.splitlines() if "CC BY" in ln]
             return {
                 "readme": str(readme),
-                "attribution": attribution[0] if attribution else "",
+                "attribution": " ".join(attribution[0].split()) if attribution else "",
                 "licence": " ".join(licences[:2]),
             }
     return {"readme": "", "attribution": "", "licence": "unknown"}
