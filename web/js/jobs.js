@@ -37,6 +37,7 @@ export class Jobs {
     }
     for (const job of this.jobs.values()) if (!FINAL.has(job.state)) this.follow(job.id);
     this.render();
+    this.loaded = true;
   }
 
   async added(job, aoi) {

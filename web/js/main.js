@@ -46,7 +46,6 @@ class App {
     if (["model", "version", "threshold", "overlay"].some((k) => before[k] !== this.state[k])) this.redrawOverlay();
     if (before.opacity !== this.state.opacity) this.overlay?.setOpacity(this.state.opacity);
     if (before.job !== this.state.job || before.buildings !== this.state.buildings) this.refreshBuildings();
-    if ("model" in changes || "version" in changes) this.draw.summarise();
   }
 
   controls() {

@@ -105,6 +105,7 @@ export class Models {
     $("#version").value = version === null ? "" : String(version);
     this.app.update({ model: name, version: version ?? undefined }, { quiet });
     this.renderMetrics();
+    this.app.draw.summarise(); // the tile count depends on the model's zoom
   }
 
   renderMetrics() {
