@@ -41,6 +41,7 @@ from tilesight.demo import load_demo
 from tilesight.imagery.reader import read_tile
 from tilesight.imagery.sources import get_source
 from tilesight.model.export import load_model
+from tilesight.predict import context_px
 from tilesight.registry import model_metadata, resolve_version
 from tilesight.settings import PROJECT_ROOT, Settings
 from tilesight.stack import Stack, free_port
@@ -114,7 +115,7 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
         version = resolve_version(session, args.model, None)
     engine.dispose()
     meta = model_metadata(settings, args.model, version)
-    z, buffer = int(meta["zoom"]), int(meta["buffer"])
+    z, buffer = int(meta["zoom"]), context_px(settings, meta)
     chips = sorted((PROJECT_ROOT / "data/demo/buildings" / args.source).glob(f"*-{z}.png"))
     tiles = [tuple(int(v) for v in p.stem.split("-")[1:3]) for p in chips]
     windows = [

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = 30.0
     tile_cache_ttl_s: int = 24 * 3600
     prediction_cache: bool = Field(True, description="keep prediction probabilities in Redis")
+    prediction_context_px: int = Field(64, description="imagery read around a tile to predict it")
     upload_max_bytes: int = 512 * 1024 * 1024
     job_max_area_km2: float = 50.0
     job_max_tiles: int = 20_000
