@@ -15,6 +15,7 @@ from api.access import access
 from api.middleware import RequestContext
 from api.routes import health, keys, metrics, sources, tiles
 from api.routes import models, predictions
+from api.routes import buildings, jobs
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.logs import configure_logging
 from tilesight.settings import Settings, get_settings
@@ -22,6 +23,7 @@ from tilesight.triton import TritonClient
 
 ROUTERS = [health.router, metrics.router, keys.router, sources.router, tiles.router]
 ROUTERS += [models.router, predictions.router]
+ROUTERS += [jobs.router, buildings.router]
 
 # Who may call each router (keyed by the router's first tag) and from which rate budget;
 # reads need `read`, writes the scope named. Routers not listed are open (health, metrics).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tilesight.commands import keys, models, sources, stack
+from tilesight.commands import jobs, keys, models, sources, stack
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -17,6 +17,7 @@ app.command()(stack.status)
 app.command()(stack.migrate)
 app.add_typer(keys.app, name="keys")
 app.add_typer(sources.app, name="sources")
+app.add_typer(jobs.app, name="jobs")
 app.add_typer(models.app, name="models")
 
 

@@ -1,0 +1,245 @@
+"""Area jobs: submit an AOI, follow its progress, cancel it, download its buildings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from api.access import principal_of
+from api.deps import CeleryDep, SessionDep, SettingsDep
+from tilesight.errors import InvalidInput
+from tilesight.jobs import export, service
+from tilesight.jobs.evaluate import evaluate_job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+class JobCreate(BaseModel):
+    source: str = Field(description="id of a registered imagery source")
+    model: str | None = Field(None, description="model name; the default model when omitted")
+    version: int | None = Field(None, description="model version; the promoted one when omitted")
+    aoi: dict[str, Any] = Field(
+        description="GeoJSON Polygon, MultiPolygon or Feature in EPSG:4326 (lon, lat)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="outline cleaning: threshold, min_area_m2, max_hole_m2, simplify_px, square",
+    )
+
+
+class JobCreated(BaseModel):
+    id: uuid.UUID
+    url: str
+    state: str
+    chunks_total: int
+    tiles: int
+    area_km2: float
+
+
+class JobPublic(BaseModel):
+    id: uuid.UUID
+    state: str = Field(description="queued, running, merging, done, failed or cancelled")
+    source: str
+    model: str
+    version: int
+    zoom: int
+    progress: float = Field(description="percent of chunks done")
+    chunks_done: int
+    chunks_total: int
+    tiles: int
+    area_km2: float
+    buildings: int
+    timings: dict[str, float] = Field(description="seconds per stage, summed over chunks")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    options: dict[str, Any]
+    links: dict[str, str]
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class Evaluation(BaseModel):
+    iou_threshold: float
+    labels: int
+    predictions: int
+    true_positives: int
+    precision: float
+    recall: float
+    f1: float
+    labels_source: str
+
+
+def _public(job: service.JobStatus) -> JobPublic:
+    base = f"/jobs/{job.id}"
+    links = {
+        "self": base,
+        "events": f"{base}/events",
+        "buildings": f"{base}/buildings.geojson",
+        "tiles": f"/buildings/{{z}}/{{x}}/{{y}}.mvt?job={job.id}",
+    }
+    return JobPublic(**job.__dict__, links=links)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Submit an area job: find every building in an AOI",
+)
+def submit(
+    body: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, celery: CeleryDep
+) -> JobCreated:
+    with session.begin():
+        job = service.create_job(
+            session,
+            settings,
+            source_id=body.source,
+            model=body.model or settings.default_model,
+            version=body.version,
+            aoi=body.aoi,
+            options=body.options,
+            owner_key_id=principal_of(request).key_id,
+        )
+    service.enqueue_job(session, celery, job)
+    return JobCreated(
+        id=job.id,
+        url=str(request.url_for("read_job", job_id=job.id)),
+        state=job.state,
+        chunks_total=job.chunks_total,
+        tiles=job.tiles_total,
+        area_km2=round(job.area_km2, 6),
+    )
+
+
+@router.get("", summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    state: Annotated[str | None, Query(description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    jobs, total = service.list_jobs(session, state=state, limit=limit, offset=offset)
+    return JobPage(items=[_public(j) for j in jobs], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", summary="A job's state, progress, timings and error")
+def read_job(job_id: uuid.UUID, session: SessionDep) -> JobPublic:
+    return _public(service.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a job: its remaining chunks do nothing")
+def cancel(job_id: uuid.UUID, session: SessionDep) -> JobPublic:
+    with session.begin():
+        job = service.cancel_job(session, job_id)
+    return _public(job)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-sent events with the job's progress until it ends",
+    response_class=StreamingResponse,
+)
+async def events(job_id: uuid.UUID, request: Request) -> StreamingResponse:
+    factory = request.app.state.sessionmaker
+
+    def snapshot() -> JobPublic:
+        with factory() as session:
+            return _public(service.get_job(session, job_id))
+
+    first = await run_in_threadpool(snapshot)  # a 404 before the stream starts
+
+    async def stream() -> AsyncIterator[str]:
+        current: JobPublic | None = first
+        last = ""
+        idle = 0.0
+        while current is not None:
+            payload = current.model_dump_json(exclude={"options", "links"})
+            if payload != last:
+                yield f"event: progress\ndata: {payload}\n\n"
+                last, idle = payload, 0.0
+            elif idle >= 15:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            if current.state in service.TERMINAL:
+                yield f"event: end\ndata: {json.dumps({'state': current.state})}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.5)
+            idle += 0.5
+            current = await run_in_threadpool(snapshot)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/{job_id}/buildings.geojson",
+    summary="The job's buildings as an RFC 7946 FeatureCollection, streamed",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/geo+json": {}}}},
+)
+def buildings_geojson(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    bbox: Annotated[
+        str | None, Query(description="west,south,east,north in degrees: only these buildings")
+    ] = None,
+) -> StreamingResponse:
+    box = parse_bbox(bbox)
+    service.get_job(session, job_id)  # 404 before the stream starts
+    factory = request.app.state.sessionmaker
+
+    def stream() -> Iterator[bytes]:
+        with factory() as own:
+            assert isinstance(own, Session)
+            yield from export.geojson_chunks(own, job_id, box)
+
+    return StreamingResponse(
+        stream(),
+        media_type="application/geo+json",
+        headers={"Content-Disposition": f'attachment; filename="buildings-{job_id}.geojson"'},
+    )
+
+
+@router.get(
+    "/{job_id}/evaluation",
+    summary="Object precision, recall and F1 (IoU >= 0.5) against labels covering the AOI",
+)
+def evaluation(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Evaluation:
+    return Evaluation(**evaluate_job(session, settings, job_id))
+
+
+def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
+    if bbox is None:
+        return None
+    try:
+        west, south, east, north = (float(v) for v in bbox.split(","))
+    except ValueError as exc:
+        raise InvalidInput("bbox must be four numbers: west,south,east,north") from exc
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        raise InvalidInput(
+            "bbox must be west,south,east,north in degrees with west < east and south < north",
+            bbox=[west, south, east, north],
+        )
+    return west, south, east, north

@@ -1,0 +1,167 @@
+"""Area-job throughput: km²/min and tiles/s end to end, time per stage, for 1, 2 and 4 workers.
+
+Starts a private stack (PostGIS, Redis, Triton, API; no worker) in a temporary home with
+the demo data, then for each worker count starts that many Celery worker processes
+(one task at a time each), submits the same AOI (the whole extent of a demo source),
+waits for the job and prints the figures. The prediction cache is not used by jobs,
+so every run infers every tile.
+
+    .venv/bin/python bench/jobs.py                       # 1, 2, 4 workers, tanzania
+    .venv/bin/python bench/jobs.py --workers 1 --source nairobi --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from shapely.geometry import box, mapping
+
+from tilesight.db import migrate
+from tilesight.demo import load_demo
+from tilesight.settings import PROJECT_ROOT, Settings
+from tilesight.stack import Stack, free_port, settings_env
+
+STAGES = ("read", "infer", "vectorize", "write", "merge")
+
+
+def start_workers(settings: Settings, n: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for i in range(n):
+        log = open(log_dir / f"bench-worker-{n}-{i}.log", "wb")  # noqa: SIM115 - child owns it
+        cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu,cpu",
+               "-c", "1", "--prefetch-multiplier", "1", "-n", f"bench{n}-{i}@%h",
+               "--without-gossip", "--without-mingle", "-l", "WARNING"]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        )
+    from celery import Celery
+
+    app = Celery(broker=settings.celery_broker_url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        replies = app.control.ping(timeout=1.0)
+        if len({name for r in replies for name in r if name.startswith(f"bench{n}-")}) == n:
+            break
+    app.close()
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def run_job(client: httpx.Client, source: str, aoi: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    response = client.post("/jobs", json={"source": source, "aoi": aoi})
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            break
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    if job["state"] != "done":
+        raise SystemExit(f"job {job_id} ended {job['state']}: {job['error']}")
+    return {**job, "wall_s": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--source", default="tanzania", help="part of a demo source id")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="tilesight-bench-"))
+    settings = Settings(
+        environment="test", home=home, api_port=free_port(), postgres_port=free_port(),
+        redis_port=free_port(), triton_http_port=free_port(), triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(), load_demo=True,
+        rate_limits={"default": [1000.0, 1000.0], "jobs": [1000.0, 1000.0]},
+    )  # fmt: skip
+    stack = Stack(settings, components=["postgres", "redis", "triton", "api"])
+    results: list[dict[str, Any]] = []
+    try:
+        stack.start(on_ready=lambda name: migrate(settings) if name == "postgres" else None)
+        for _ in load_demo(settings):
+            pass
+        with httpx.Client(base_url=settings.api_url, timeout=60) as client:
+            body = client.get("/sources").json()
+            items = body["items"] if isinstance(body, dict) else body
+            source = next(s for s in items if args.source in s["id"])
+            aoi = mapping(box(*source["bounds"]))
+            for n in args.workers:
+                procs = start_workers(settings, n, settings.run_dir)
+                try:
+                    for _ in range(args.repeat):
+                        job = run_job(client, source["id"], aoi)
+                        results.append(summarise(n, job))
+                        print_row(results[-1])
+                finally:
+                    stop_workers(procs)
+    finally:
+        stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    if args.json:
+        meta = {"machine": platform.node(), "cpus": os.cpu_count(), "source": args.source}
+        args.json.write_text(json.dumps({"meta": meta, "runs": results}, indent=2))
+
+
+def summarise(workers: int, job: dict[str, Any]) -> dict[str, Any]:
+    timings = {s: float(job["timings"].get(s, 0.0)) for s in STAGES}
+    busy = sum(timings.values()) or 1.0
+    return {
+        "workers": workers,
+        "tiles": job["tiles"],
+        "chunks": job["chunks_total"],
+        "area_km2": job["area_km2"],
+        "buildings": job["buildings"],
+        "wall_s": round(job["wall_s"], 2),
+        "tiles_per_s": round(job["tiles"] / job["wall_s"], 2),
+        "km2_per_min": round(job["area_km2"] / job["wall_s"] * 60, 3),
+        "stage_s": {s: round(v, 2) for s, v in timings.items()},
+        "stage_share": {s: round(v / busy, 3) for s, v in timings.items()},
+    }
+
+
+def print_row(r: dict[str, Any]) -> None:
+    shares = " ".join(f"{s} {r['stage_share'][s]:.0%}" for s in STAGES)
+    print(
+        f"workers={r['workers']} tiles={r['tiles']} chunks={r['chunks']} "
+        f"km2={r['area_km2']:.3f} wall={r['wall_s']:.1f}s tiles/s={r['tiles_per_s']:.2f} "
+        f"km2/min={r['km2_per_min']:.3f} buildings={r['buildings']} | {shares}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Area jobs end to end on the real stack: the demo model over the demo Tanzania imagery.
+
+The AOI is 4 x 3 tiles at the model's zoom, straddling a chunk-block edge, so the job
+has two chunks and one seam (a few seconds of CPU inference per chunk). The same AOI
+is run undisturbed, with its worker SIGKILLed mid-chunk, and cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import mapbox_vector_tile
+import mercantile
+import pyogrio
+import pytest
+import redis
+import shapely
+from shapely.geometry import box, mapping, shape
+from sqlalchemy import Engine, create_engine, text
+
+from tilesight.jobs.merge import pixel_degrees, seam_lines
+from tilesight.stack import Stack
+
+Z = 19
+TILES_X, TILES_Y = range(319294, 319298), range(270961, 270964)  # block edge at x = 319296
+F1_FLOOR = 0.3  # see test_polygons_lie_on_buildings
+
+
+def aoi_polygon() -> shapely.Polygon:
+    west, north = mercantile.ul(TILES_X.start, TILES_Y.start, Z)
+    east, south = mercantile.ul(TILES_X.stop, TILES_Y.stop, Z)
+    inset = pixel_degrees(Z) / 4  # stay inside the 12 tiles
+    return box(west + inset, south + inset, east - inset, north - inset)
+
+
+class PatientTransport(httpx.HTTPTransport):
+    """Waits out a 429 (the stack's rate limits are shared by every test) and retries."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(20):
+            response = super().handle_request(request)
+            if response.status_code != 429:
+                return response
+            response.close()
+            time.sleep(float(response.headers.get("retry-after", "1")))
+        return response
+
+
+@pytest.fixture(scope="module")
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=60, transport=PatientTransport()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def db(stack: Stack) -> Iterator[Engine]:
+    engine = create_engine(stack.settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+def job_state(db: Engine, job_id: str) -> tuple[str, int, int]:
+    with db.connect() as conn:
+        row = conn.execute(
+            text("SELECT state, chunks_done, chunks_total FROM jobs WHERE id = :id"), {"id": job_id}
+        ).one()
+    return row[0], row[1], row[2]
+
+
+@pytest.fixture(scope="module")
+def source(client: httpx.Client, stack: Stack) -> str:
+    if not any(stack.settings.model_repo.glob("*/[0-9]*/model.pt")):
+        pytest.skip("no model version in model_repo/ yet: the demo model has not been shipped")
+    body = client.get("/sources").json()
+    items = body["items"] if isinstance(body, dict) else body
+    ids = [s["id"] for s in items if "tanzania" in (s["id"] + s.get("name", "")).lower()]
+    assert ids, f"no demo Tanzania source among {[s['id'] for s in items]}"
+    return ids[0]
+
+
+def submit(client: httpx.Client, source: str, aoi: Any = None, **extra: Any) -> httpx.Response:
+    body = {"source": source, "aoi": aoi or mapping(aoi_polygon()), **extra}
+    return client.post("/jobs", json=body)
+
+
+def wait(client: httpx.Client, db: Engine, job_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while job_state(db, job_id)[0] not in ("done", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job {job_id} did not finish in {timeout_s}s"
+        time.sleep(0.2)
+    return client.get(f"/jobs/{job_id}").json()
+
+
+def features(client: httpx.Client, job_id: str, **params: str) -> list[dict[str, Any]]:
+    response = client.get(f"/jobs/{job_id}/buildings.geojson", params=params)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/geo+json")
+    return response.json()["features"]
+
+
+def same_buildings(a: list[dict], b: list[dict]) -> bool:
+    """Two runs agree when each building of one has a twin (IoU > 0.98) in the other."""
+    ga, gb = [shape(f["geometry"]) for f in a], [shape(f["geometry"]) for f in b]
+    if len(ga) != len(gb):
+        return False
+    tree = shapely.STRtree(gb)
+    for g in ga:
+        twins = [gb[i] for i in tree.query(g, predicate="intersects")]
+        if not any(g.intersection(t).area / g.union(t).area > 0.98 for t in twins):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def done_job(client: httpx.Client, db: Engine, source: str) -> dict[str, Any]:
+    response = submit(client, source)
+    assert response.status_code == 202, response.text
+    created = response.json()
+    assert created["chunks_total"] == 2 and created["tiles"] == 12
+    events = []
+    with client.stream("GET", f"/jobs/{created['id']}/events", timeout=300) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    job = wait(client, db, created["id"])
+    assert job["state"] == "done", job
+    job["events"] = events
+    return job
+
+
+def test_job_reports_progress_and_timings(done_job: dict[str, Any]) -> None:
+    assert done_job["progress"] == 100 and done_job["chunks_done"] == 2
+    assert done_job["buildings"] > 5
+    assert set(done_job["timings"]) >= {"infer", "vectorize", "write", "merge"}
+    progress = [e["progress"] for e in done_job["events"] if "progress" in e]
+    assert progress == sorted(progress) and progress[-1] == 100
+    assert done_job["events"][-1] == {"state": "done"}
+
+
+def test_polygons_lie_on_buildings(client: httpx.Client, done_job: dict[str, Any]) -> None:
+    # The demo model is small and trained on a few hundred buildings. On these 12 tiles an
+    # early 2-epoch version scored object F1 0.35 (P 0.41, R 0.30, 47 labels); the floor
+    # sits below that so a regression in stitching, vectorising or georeferencing (which
+    # sends F1 towards 0) fails while the model's own noise does not.
+    evaluation = client.get(f"/jobs/{done_job['id']}/evaluation").json()
+    assert evaluation["labels"] > 10, evaluation
+    assert evaluation["f1"] >= F1_FLOOR, evaluation
+
+
+def test_no_building_is_split_along_the_chunk_seam(
+    client: httpx.Client, done_job: dict[str, Any]
+) -> None:
+    seam = seam_lines({(319296 // 4 - 1, 270961 // 4), (319296 // 4, 270961 // 4)}, 4, Z)
+    near = [
+        shape(f["geometry"])
+        for f in features(client, done_job["id"])
+        if shape(f["geometry"]).distance(seam) < 2 * pixel_degrees(Z)
+    ]
+    assert near, "no building crosses the seam; the test area proves nothing"
+    for i, a in enumerate(near):
+        for b in near[i + 1 :]:
+            assert a.distance(b) > pixel_degrees(Z), "a building is still cut at the seam"
+
+
+def test_geojson_is_rfc7946_and_opens_with_pyogrio(
+    client: httpx.Client, done_job: dict[str, Any], tmp_path
+) -> None:
+    response = client.get(f"/jobs/{done_job['id']}/buildings.geojson")
+    body = response.json()
+    assert "crs" not in body and body["type"] == "FeatureCollection"
+    aoi = aoi_polygon().buffer(1e-6)
+    for f in body["features"]:
+        assert set(f["properties"]) == {"id", "area_m2", "confidence", "model", "version", "job"}
+        geom = shape(f["geometry"])
+        assert geom.is_valid and aoi.contains(geom)  # lon/lat order, inside the AOI
+        for poly in getattr(geom, "geoms", [geom]):
+            assert poly.exterior.is_ccw and not any(r.is_ccw for r in poly.interiors)
+    path = tmp_path / "buildings.geojson"
+    path.write_bytes(response.content)
+    meta, _fids, geometries, fields = pyogrio.raw.read(path)
+    assert len(geometries) == len(body["features"]) == done_job["buildings"]
+    assert "area_m2" in list(meta["fields"])
+    west, south, east, north = aoi_polygon().bounds
+    half = features(client, done_job["id"], bbox=f"{west},{south},{(west + east) / 2},{north}")
+    assert 0 < len(half) < len(body["features"])
+
+
+def test_mvt_has_the_same_features(client: httpx.Client, done_job: dict[str, Any]) -> None:
+    ids = {f["properties"]["id"] for f in features(client, done_job["id"])}
+    tiles = {mercantile.parent(mercantile.Tile(x, y, Z), zoom=16) for x in TILES_X for y in TILES_Y}
+    seen: set[int] = set()
+    for t in tiles:
+        response = client.get(f"/buildings/{t.z}/{t.x}/{t.y}.mvt", params={"job": done_job["id"]})
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/vnd.mapbox-vector-tile"
+        layer = mapbox_vector_tile.decode(response.content).get("buildings", {"features": []})
+        for f in layer["features"]:
+            assert f["properties"]["job"] == done_job["id"]
+            seen.add(f["id"])
+    assert seen == ids
+    assert client.get("/buildings/3/99/0.mvt").status_code == 404
+
+
+def test_sigkilled_worker_ends_with_the_same_buildings(
+    client: httpx.Client, db: Engine, source: str, stack: Stack, done_job: dict[str, Any]
+) -> None:
+    worker = stack.component("worker")
+    original_env = dict(worker.env)
+    job_id = submit(client, source).json()["id"]
+    deadline = time.monotonic() + 120
+    while job_state(db, job_id)[0] == "queued":  # running: the first chunk has started
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(stack.pid("worker"), signal.SIGKILL)
+    try:
+        _state, done, total = job_state(db, job_id)
+        assert done < total, "the worker was killed too late to prove anything"
+        # the restarted worker hands the killed chunk back after its visibility timeout
+        worker.env = {**original_env, "TILESIGHT_CELERY_VISIBILITY_TIMEOUT_S": "2"}
+        stack.start_component(worker)
+        job = wait(client, db, job_id)
+    finally:
+        stack.stop_component(worker)
+        worker.env = original_env
+        stack.start_component(worker)
+    assert job["state"] == "done", job
+    assert same_buildings(features(client, job_id), features(client, done_job["id"]))
+
+
+def test_cancel_stops_the_remaining_chunks(client: httpx.Client, db: Engine, source: str) -> None:
+    job_id = submit(client, source).json()["id"]
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 200 and response.json()["state"] == "cancelled"
+    time.sleep(3)
+    state, done, total = job_state(db, job_id)
+    assert state == "cancelled" and done < total
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 409
+    listed = client.get("/jobs", params={"state": "cancelled"}).json()
+    assert job_id in [j["id"] for j in listed["items"]]
+
+
+def test_bad_inputs_are_4xx_and_queue_nothing(
+    client: httpx.Client, source: str, stack: Stack
+) -> None:
+    broker = redis.Redis.from_url(stack.settings.celery_broker_url)
+    before_total = client.get("/jobs").json()["total"]
+    before_queue = broker.llen("gpu")
+    bow_tie = {"type": "Polygon", "coordinates": [[[39, -6], [39.1, -6.1], [39.1, -6], [39, -6.1],
+                                                    [39, -6]]]}  # fmt: skip
+    far = mapping(box(10, 10, 10.001, 10.001))
+    huge = mapping(box(39, -7, 40, -6))
+    cases = [
+        (submit(client, source, bow_tie), 422, "Self-intersection"),
+        (submit(client, source, far), 422, "outside source"),
+        (submit(client, source, huge), 413, "limit"),
+        (submit(client, source, model="no-such-model"), 404, "no-such-model"),
+        (submit(client, source, version=999), 404, "999"),
+        (submit(client, "no-such-source"), 404, "no-such-source"),
+        (submit(client, source, {"type": "Point", "coordinates": [39, -6]}), 422, "Polygon"),
+        (submit(client, source, options={"colour": "red"}), 422, "colour"),
+    ]
+    for response, status, needle in cases:
+        assert response.status_code == status, response.text
+        assert needle in json.dumps(response.json()), response.text
+    assert client.get("/jobs").json()["total"] == before_total
+    assert broker.llen("gpu") == before_queue
+    assert client.get("/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert client.get("/jobs", params={"state": "nonsense"}).status_code == 422
