@@ -181,11 +181,11 @@ class App {
       el.hidden = true;
       return;
     }
-    const retry = err.retryAfter ? ` Retrying in about ${err.retryAfter} s; imagery keeps working.` : " Imagery keeps working.";
-    el.textContent = `Predictions are unavailable right now: ${err.message}.${retry}`;
+    const wait = Math.max(5, Number(err.retryAfter) || 10);
+    el.textContent = `Predictions are unavailable right now: ${err.message.replace(/\.$/, "")}. Trying again in ${wait} s; imagery keeps working.`;
     el.hidden = false;
     clearTimeout(this.bannerRetry);
-    this.bannerRetry = setTimeout(() => this.overlay?.redraw(), 1000 * Math.max(5, Number(err.retryAfter) || 10));
+    this.bannerRetry = setTimeout(() => this.overlay?.redraw(), 1000 * wait);
   }
 
   refreshBuildings() {

@@ -32,7 +32,7 @@ function trainedOn(meta) {
   if (!data) return null;
   if (typeof data === "string") return data;
   const sources = (data.sources || []).map((s) => String(s).split("/").filter(Boolean).slice(-1)[0]);
-  return [sources.length ? sources.join(", ") : null, data.licence].filter(Boolean).join(" · ");
+  return sources.length ? sources.join(", ") : null;
 }
 
 export class Models {
