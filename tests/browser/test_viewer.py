@@ -109,9 +109,11 @@ def test_draw_area_follow_job_download_and_show_buildings(  # type: ignore[no-un
     screenshot(page, "03-area-drawn")
 
     page.get_by_role("button", name="Detect buildings in area").click()
-    card = page.locator("#jobs-list .card").first
+    page.wait_for_function("tilesight.jobs.lastAdded")
+    job_id = page.evaluate("tilesight.jobs.lastAdded")
+    card = page.locator(f'#jobs-list .card[data-job="{job_id}"]')
     card.locator(".state", has_text="done").wait_for(timeout=180_000)
-    assert card.locator("progress").get_attribute("value") == "100"
+    assert card.locator("progress").get_attribute("value") == "100", card.inner_text()
     assert "100 %" in card.locator(".progress-text").inner_text()
     screenshot(page, "04-job-done")
 

@@ -47,6 +47,7 @@ export class Jobs {
     localStorage.setItem(AREAS, JSON.stringify(areas));
     const created_at = new Date().toISOString(); // until its first event says when exactly
     this.jobs.set(job.id, { source: this.app.state.source, model: this.app.state.model, created_at, ...job });
+    this.lastAdded = job.id;
     this.follow(job.id);
     this.render();
   }

@@ -96,8 +96,11 @@ class App {
     }
     // imagery first: it must show even when the model side is broken or still loading
     const wanted = this.sources.find((s) => s.id === this.state.source) || this.sources[0];
-    if (wanted) await this.chooseSource(wanted.id, { fit: this.state.zoom === undefined, overlay: false });
-    await this.models.load();
+    const fit = this.state.zoom === undefined;
+    await Promise.all([
+      wanted ? this.chooseSource(wanted.id, { fit, overlay: false }) : null,
+      this.models.load(),
+    ]);
     await this.redrawOverlay();
     await this.jobs.load();
   }
