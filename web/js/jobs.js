@@ -8,6 +8,10 @@ const L = window.L;
 const FINAL = new Set(["done", "failed", "cancelled"]);
 const SUCCESS = new Set(["done"]);
 const AREAS = "tilesight.jobAreas"; // job id -> [w, s, e, n] of the outlines drawn here
+// Browsers open at most six HTTP/1.1 connections per server and each event stream holds
+// one, so only the newest few unfinished jobs stream; the rest are polled in one request.
+const MAX_STREAMS = 2;
+const POLL_MS = 3000;
 
 /** Progress of a job in percent, from whatever counts the server gives. */
 export function percent(job) {
@@ -35,8 +39,8 @@ export class Jobs {
     } catch (err) {
       showError($("#jobs-error"), err);
     }
-    for (const job of this.jobs.values()) if (!FINAL.has(job.state)) this.follow(job.id);
     this.render();
+    this.followSome();
     this.loaded = true;
   }
 
@@ -48,8 +52,48 @@ export class Jobs {
     const created_at = new Date().toISOString(); // until its first event says when exactly
     this.jobs.set(job.id, { source: this.app.state.source, model: this.app.state.model, created_at, ...job });
     this.lastAdded = job.id;
+    if (this.streams.size >= MAX_STREAMS) {
+      // the newest job gets a stream: hand the oldest streamed one over to polling
+      const [oldest] = this.streams.keys();
+      this.streams.get(oldest).stop();
+      this.streams.delete(oldest);
+    }
     this.follow(job.id);
+    this.followSome();
     this.render();
+  }
+
+  /** Stream the newest unfinished jobs; poll the others while any is left. */
+  followSome() {
+    const open = [...this.jobs.values()]
+      .filter((job) => !FINAL.has(job.state))
+      .sort((a, b) => String(b.created_at || "").localeCompare(String(a.created_at || "")));
+    for (const job of open) {
+      if (this.streams.size >= MAX_STREAMS) break;
+      this.follow(job.id);
+    }
+    const polled = open.filter((job) => !this.streams.has(job.id));
+    clearTimeout(this.pollTimer);
+    if (polled.length) this.pollTimer = setTimeout(() => this.poll(), POLL_MS);
+  }
+
+  async poll() {
+    try {
+      const body = await api("jobs?limit=200");
+      for (const job of body.items || []) {
+        const known = this.jobs.get(job.id);
+        if (!known || this.streams.has(job.id)) continue;
+        if (known.state !== job.state || known.progress !== job.progress) {
+          this.jobs.set(job.id, { ...known, ...job });
+          this.renderOne(this.jobs.get(job.id));
+          if (FINAL.has(job.state)) this.finished(job);
+        }
+      }
+      showError($("#jobs-error"), null);
+    } catch (err) {
+      showError($("#jobs-error"), err);
+    }
+    this.followSome();
   }
 
   follow(id) {
@@ -85,8 +129,10 @@ export class Jobs {
   }
 
   finished(job) {
+    const streamed = this.streams.has(job.id);
     this.streams.get(job.id)?.stop();
     this.streams.delete(job.id);
+    if (streamed) this.followSome();
     if (SUCCESS.has(job.state) && this.app.state.job === job.id) this.app.refreshBuildings();
   }
 
