@@ -13,17 +13,35 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.access import access
 from api.middleware import RequestContext
-from api.routes import health, keys, metrics, sources, tiles
-from api.routes import models, predictions
-from api.routes import buildings, jobs
+from api.routes import (
+    buildings,
+    health,
+    jobs,
+    keys,
+    metrics,
+    models,
+    predictions,
+    sources,
+    tiles,
+    training,
+)
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.logs import configure_logging
 from tilesight.settings import Settings, get_settings
 from tilesight.triton import TritonClient
 
-ROUTERS = [health.router, metrics.router, keys.router, sources.router, tiles.router]
-ROUTERS += [models.router, predictions.router]
-ROUTERS += [jobs.router, buildings.router]
+ROUTERS = [
+    health.router,
+    metrics.router,
+    sources.router,
+    tiles.router,
+    models.router,
+    predictions.router,
+    jobs.router,
+    buildings.router,
+    training.router,
+    keys.router,
+]
 
 # Who may call each router (keyed by the router's first tag) and from which rate budget;
 # reads need `read`, writes the scope named. Routers not listed are open (health, metrics).
@@ -32,9 +50,9 @@ POLICIES = {
     "predictions": access(budget="predictions", public=True),
     "sources": access(write="admin"),
     "models": access(write="admin"),
-    "jobs": access(write="submit", budget="jobs"),
+    "jobs": access(write="submit", budget="jobs", read_budget="default"),
     "buildings": access(budget="tiles"),
-    "training": access(write="submit", budget="jobs"),
+    "training": access(write="submit", budget="jobs", read_budget="default"),
     "keys": access(read="admin", write="admin"),
 }
 

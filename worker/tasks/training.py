@@ -1,0 +1,22 @@
+"""Training runs on the gpu queue: thin, idempotent, resumable after a lost worker."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import shared_task
+
+from tilesight.db import make_engine, make_sessionmaker
+from tilesight.settings import get_settings
+from tilesight.training_runs import execute_run
+
+
+@shared_task(name="tilesight.training.run", acks_late=True, reject_on_worker_lost=True)
+def run(run_id: str) -> int | None:
+    """Re-delivery after a crash resumes from the run's last checkpoint (see execute_run)."""
+    settings = get_settings()
+    engine = make_engine(settings)
+    try:
+        return execute_run(settings, make_sessionmaker(engine), uuid.UUID(run_id))
+    finally:
+        engine.dispose()
