@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_OUTPUT
+from tilesight.settings import PROJECT_ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -56,6 +57,8 @@ class PageLog:
 def browser() -> Iterator[object]:
     if not shutil.which(CHROMIUM):
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    if not (PROJECT_ROOT / "web" / "node_modules" / "leaflet" / "dist" / "leaflet.js").is_file():
+        pytest.fail("the viewer's npm packages are missing: run `make web` (npm ci in web/)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
