@@ -13,7 +13,10 @@ const L = window.L;
 
 class App {
   constructor() {
-    this.state = { overlay: true, opacity: 0.7, threshold: 0.5, buildings: true, ...readHash() };
+    const shared = readHash();
+    this.state = { overlay: true, opacity: 0.7, threshold: 0.5, buildings: true, ...shared };
+    // until the user (or a shared link) picks a threshold, each model version brings its own
+    this.ownThreshold = shared.threshold !== undefined;
     this.sources = [];
     this.tilejson = null;
     this.basemap = null;
@@ -65,7 +68,10 @@ class App {
     });
     threshold.addEventListener("input", showThreshold);
     // the threshold changes the tiles themselves: redraw once the user lets go
-    threshold.addEventListener("change", () => this.update({ threshold: Number(threshold.value) }));
+    threshold.addEventListener("change", () => {
+      this.ownThreshold = true;
+      this.update({ threshold: Number(threshold.value) });
+    });
     $("#overlay-toggle").addEventListener("change", (e) => this.update({ overlay: e.target.checked }));
     $("#source").addEventListener("change", (e) => this.chooseSource(e.target.value, { fit: true }));
     $("#panel-toggle").addEventListener("click", (e) => {
@@ -124,6 +130,14 @@ class App {
     writeHash(Object.assign(this.state, this.view()));
     if (overlay) await this.redrawOverlay();
     this.refreshBuildings();
+  }
+
+  /** The threshold a model version was tuned with, unless the user has chosen one. */
+  suggestedThreshold(value) {
+    if (this.ownThreshold || typeof value !== "number") return {};
+    $("#threshold").value = value;
+    $("#threshold-out").textContent = Number($("#threshold").value).toFixed(2);
+    return { threshold: Number($("#threshold").value) };
   }
 
   overlayUrl() {

@@ -103,7 +103,9 @@ export class Models {
       ...versions.map((v) => h("option", { value: v.version }, `v${v.version}`)),
     );
     $("#version").value = version === null ? "" : String(version);
-    this.app.update({ model: name, version: version ?? undefined }, { quiet });
+    const chosen = versions.find((v) => v.version === (version ?? promoted));
+    const tuned = this.app.suggestedThreshold(chosen ? metaOf(chosen).threshold : undefined);
+    this.app.update({ model: name, version: version ?? undefined, ...tuned }, { quiet });
     this.renderMetrics();
     this.app.draw.summarise(); // the tile count depends on the model's zoom
   }
