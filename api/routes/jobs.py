@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from api.access import principal_of
@@ -24,6 +24,19 @@ from tilesight.jobs.evaluate import evaluate_job
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
+class JobOptions(BaseModel):
+    """How outlines are cleaned; every field is optional and defaults to the model's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(None, gt=0, lt=1, description="building probability cut")
+    min_area_m2: float | None = Field(None, ge=0, le=10_000, description="drop smaller specks")
+    max_hole_m2: float | None = Field(None, ge=0, le=10_000, description="fill smaller holes")
+    simplify_px: float | None = Field(None, ge=0, le=10, description="simplify tolerance, px")
+    square: bool | None = Field(None, description="square off near-rectangular outlines")
+    square_min_fill: float | None = Field(None, gt=0, le=1, description="how near, 0-1")
+
+
 class JobCreate(BaseModel):
     source: str = Field(description="id of a registered imagery source")
     model: str | None = Field(None, description="model name; the default model when omitted")
@@ -31,10 +44,7 @@ class JobCreate(BaseModel):
     aoi: dict[str, Any] = Field(
         description="GeoJSON Polygon, MultiPolygon or Feature in EPSG:4326 (lon, lat)"
     )
-    options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="outline cleaning: threshold, min_area_m2, max_hole_m2, simplify_px, square",
-    )
+    options: JobOptions = Field(default_factory=JobOptions)
 
 
 class JobCreated(BaseModel):
@@ -113,7 +123,7 @@ def submit(
             model=body.model or settings.default_model,
             version=body.version,
             aoi=body.aoi,
-            options=body.options,
+            options=body.options.model_dump(exclude_none=True),
             owner_key_id=principal_of(request).key_id,
         )
     service.enqueue_job(session, celery, job)

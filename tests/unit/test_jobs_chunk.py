@@ -143,3 +143,5 @@ def test_cancelled_job_writes_nothing_and_failure_keeps_written_chunks(factory) 
         assert job.state == "failed" and "chunk 1 failed after 4 attempts" in job.error
     assert len(geoms(factory, job_id)) == 2
     assert run(factory, job_id, 1).state == "skipped"
+    with factory() as s:
+        assert s.get(tables.JobChunk, (job_id, 1)).state == "failed"

@@ -192,6 +192,12 @@ def fail_chunk(
             job.buildings_count = (
                 session.scalar(select(func.count()).where(tables.Building.job_id == job_id)) or 0
             )
+            # the chunks still queued will never run: stop counting them as queued work
+            session.execute(
+                update(tables.JobChunk)
+                .where(tables.JobChunk.job_id == job_id, tables.JobChunk.state == "queued")
+                .values(state="cancelled")
+            )
 
 
 def finish_job(factory: sessionmaker[Session], job_id: uuid.UUID) -> str:

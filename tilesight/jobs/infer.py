@@ -49,9 +49,17 @@ class TimedTriton(TritonClient):
                 self.busy_s += time.perf_counter() - self._since
 
 
+# A map tile must answer in seconds or not at all; a job's request may wait behind the
+# requests of every other chunk in flight (4 CPU workers x 8 tiles each queued for one
+# Triton instance outran the tile timeout in bench/jobs.py), and only throughput matters.
+JOB_TRITON_TIMEOUT_S = 120.0
+
+
 def job_context(settings: Settings) -> PredictContext:
-    """A prediction context for a worker process: its own Triton client, no tile cache."""
-    triton = TimedTriton(settings.triton_url, settings.triton_timeout_s)
+    """A prediction context for a worker process: its own Triton client with a batch
+    deadline, and no tile cache."""
+    timeout = max(settings.triton_timeout_s, JOB_TRITON_TIMEOUT_S)
+    triton = TimedTriton(settings.triton_url, timeout)
     return PredictContext(settings, triton, None)
 
 

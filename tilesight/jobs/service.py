@@ -106,6 +106,15 @@ def create_job(
             f"{active} jobs of this key are still running; wait for one to finish or cancel one",
             limit=settings.max_active_jobs_per_key,
         )
+    queued = session.scalar(select(func.count()).where(tables.JobChunk.state == "queued")) or 0
+    if queued + len(plan.chunks) > settings.max_queued_chunks:
+        raise Unavailable(
+            f"the job queue holds {queued} chunks; this job's {len(plan.chunks)} would pass "
+            f"the limit of {settings.max_queued_chunks}; retry later or submit a smaller area",
+            retry_after=30,
+            queued_chunks=queued,
+            limit=settings.max_queued_chunks,
+        )
     job = tables.Job(
         id=uuid.uuid4(),
         source_id=source_id,
@@ -141,6 +150,11 @@ def enqueue_job(session: Session, sender: TaskSender, job: tables.Job) -> None:
                 update(tables.Job)
                 .where(tables.Job.id == job.id)
                 .values(state="failed", error=f"could not queue: {exc}", finished_at=func.now())
+            )
+            session.execute(
+                update(tables.JobChunk)
+                .where(tables.JobChunk.job_id == job.id)
+                .values(state="cancelled")
             )
         raise Unavailable("the job queue is unreachable; try again shortly", retry_after=5) from exc
 
