@@ -25,7 +25,7 @@ from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.reader import read_tile
 from tilesight.imagery.sources import SourceInfo, get_source
 from tilesight.model.export import load_model
-from tilesight.predict import context_px
+from tilesight.predict import PredictContext, context_px, predict_tile
 from tilesight.registry import model_metadata, resolve_version
 from tilesight.settings import Settings
 from tilesight.stack import Stack
@@ -194,3 +194,28 @@ def test_triton_down_gives_503_then_recovers(
     while (status := httpx.get(fresh, timeout=30).status_code) != 200:
         assert status == 503 and time.monotonic() < deadline
         time.sleep(0.5)
+
+
+def test_single_flight_across_processes(
+    api_url: str, settings: Settings, served: tuple[SourceInfo, int, dict]
+) -> None:
+    """A worker process (here: this test, with its own clients) and the API asking for the
+    same tile at once share one model run through the Redis lock and cache."""
+    source, version, _ = served
+    x, y = X + 1, Y - 1  # not asked for by any other test
+
+    async def both() -> tuple[httpx.Response, np.ndarray]:
+        ctx = PredictContext.create(settings)
+        try:
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(
+                    client.get(url(api_url, x, y, Z), params={"mode": "probability"}),
+                    predict_tile(ctx, MODEL, version, source, x, y, Z),
+                )
+        finally:
+            await ctx.close()
+
+    before = asyncio.run(_triton_runs(settings, version))
+    response, probs = asyncio.run(both())
+    assert asyncio.run(_triton_runs(settings, version)) == before + 1
+    assert np.abs(grey(response) - probs[0]).max() <= PIXEL_TOL
