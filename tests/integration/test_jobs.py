@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -274,3 +275,20 @@ def test_bad_inputs_are_4xx_and_queue_nothing(
     assert broker.llen("gpu") == before_queue
     assert client.get("/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
     assert client.get("/jobs", params={"state": "nonsense"}).status_code == 422
+
+
+def test_cli_status_and_export(api_url: str, done_job: dict[str, Any], tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from tilesight.cli import app
+
+    runner = CliRunner()
+    status = runner.invoke(app, ["jobs", "status", done_job["id"], "--api", api_url])
+    assert status.exit_code == 0, status.output
+    assert "done" in status.output
+    out = tmp_path / "out.geojson"
+    export = runner.invoke(app, ["jobs", "export", done_job["id"], str(out), "--api", api_url])
+    assert export.exit_code == 0, export.output
+    assert len(json.loads(out.read_text())["features"]) == done_job["buildings"]
+    missing = runner.invoke(app, ["jobs", "status", str(uuid.uuid4()), "--api", api_url])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
