@@ -28,6 +28,7 @@ from tilesight.errors import NotFound, Unavailable
 from tilesight.imagery.reader import read_tile
 from tilesight.imagery.sources import SourceInfo
 from tilesight.settings import Settings
+from tilesight.telemetry import CACHE, TRITON_LATENCY
 from tilesight.triton import TritonClient
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,6 @@ class PredictContext:
     triton: TritonClient
     redis: aioredis.Redis | None  # None: no cache (benchmarks, `cache=False`)
     inflight: dict[str, asyncio.Future[np.ndarray]] = field(default_factory=dict)
-    counts: dict[str, int] = field(
-        default_factory=lambda: {"hits": 0, "misses": 0, "inferences": 0}
-    )
     reloads: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
@@ -210,7 +208,7 @@ async def _native(
     shape = (len(meta["classes"]), TILE, TILE)
     cached = await _cache_get(ctx, key, shape)
     if cached is not None:
-        ctx.counts["hits"] += 1
+        CACHE.labels("hit").inc()
         return cached
     flight = ctx.inflight.get(key)
     if flight is None:
@@ -243,10 +241,10 @@ async def _compute_once(
             await asyncio.sleep(0.05)
             cached = await _cache_get(ctx, key, shape)
             if cached is not None:
-                ctx.counts["hits"] += 1
+                CACHE.labels("hit").inc()
                 return cached
         # the other process gave up or died: compute it here rather than fail
-    ctx.counts["misses"] += 1
+    CACHE.labels("miss" if ctx.redis is not None else "off").inc()
     try:
         probs = await _infer(ctx, model, version, meta, source, x, y, z)
         await _cache_set(ctx, key, probs)
@@ -274,9 +272,9 @@ async def _infer(
     classes = len(meta["classes"])
     if not mask.any():  # nothing to look at: no need to ask the model
         return np.zeros((classes, TILE, TILE), dtype=np.float32)
-    ctx.counts["inferences"] += 1
     try:
-        probs = await ctx.triton.infer(model, tile.data[None], str(version))
+        with TRITON_LATENCY.labels(model).time():
+            probs = await ctx.triton.infer(model, tile.data[None], str(version))
     except NotFound as exc:
         # on disk and in the database but not served: a version exported since Triton
         # last loaded the model. Ask Triton to load it (once at a time) and say when.

@@ -169,6 +169,9 @@ def test_concurrent_identical_requests_run_the_model_once(
     restyled = asyncio.run(burst({"threshold": 0.2, "colormap": "viridis"}))
     assert all(r.status_code == 200 for r in restyled)
     assert asyncio.run(_triton_runs(settings, version)) == before + 1
+    metrics = httpx.get(f"{api_url}/metrics").text
+    assert 'tilesight_tile_cache_total{result="hit"}' in metrics
+    assert 'tilesight_triton_seconds_count{model="buildings"}' in metrics
 
 
 def test_triton_down_gives_503_then_recovers(
