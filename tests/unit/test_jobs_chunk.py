@@ -7,6 +7,7 @@ its own PostgreSQL (no Triton, no worker), started through the stack launcher.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ def factory() -> Iterator:
         engine.dispose()
     finally:
         stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def building_map(tiles: list[Tile]) -> dict[Tile, np.ndarray]:
