@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
 
 from api import errors
 from api.access import access
@@ -107,5 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             responses=errors.COMMON_RESPONSES,
         )
     if (settings.web_dir / "index.html").exists():
-        app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
+        # Gzip only the viewer's own files: tiles are already compressed images.
+        static = GZipMiddleware(StaticFiles(directory=settings.web_dir, html=True), 1000)
+        app.mount("/", static, name="web")
     return app
