@@ -9,8 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
+from api.access import principal_of
 from api.deps import SessionDep
 from tilesight.errors import NotFound
+from tilesight.jobs.service import owner_filter
 
 router = APIRouter(prefix="/buildings", tags=["buildings"])
 
@@ -47,10 +49,15 @@ def building_tile(
         raise NotFound(
             f"tile {z}/{x}/{y} does not exist; zoom is 0-24 and x, y are 0 to 2^zoom - 1"
         )
-    sql = MVT_SQL.format(job_filter="AND b.job_id = :job" if job else "")
-    params: dict[str, object] = {"z": z, "x": x, "y": y}
+    filters, params = [], {"z": z, "x": x, "y": y}
     if job:
+        filters.append("AND b.job_id = :job")
         params["job"] = job
+    owner = owner_filter(principal_of(request))
+    if owner is not True:  # a key sees only its own jobs' buildings
+        filters.append("AND b.job_id IN (SELECT id FROM jobs WHERE owner_key_id = :owner)")
+        params["owner"] = owner
+    sql = MVT_SQL.format(job_filter=" ".join(filters))
     data = bytes(session.execute(text(sql), params).scalar() or b"")
     etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=10"}

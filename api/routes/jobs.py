@@ -139,24 +139,27 @@ def submit(
 
 @router.get("", summary="List jobs, newest first")
 def list_jobs(
+    request: Request,
     session: SessionDep,
     state: Annotated[str | None, Query(description="only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
-    jobs, total = service.list_jobs(session, state=state, limit=limit, offset=offset)
+    jobs, total = service.list_jobs(
+        session, state=state, limit=limit, offset=offset, viewer=principal_of(request)
+    )
     return JobPage(items=[_public(j) for j in jobs], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", summary="A job's state, progress, timings and error")
-def read_job(job_id: uuid.UUID, session: SessionDep) -> JobPublic:
-    return _public(service.get_job(session, job_id))
+def read_job(job_id: uuid.UUID, request: Request, session: SessionDep) -> JobPublic:
+    return _public(service.get_job(session, job_id, principal_of(request)))
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job: its remaining chunks do nothing")
-def cancel(job_id: uuid.UUID, session: SessionDep) -> JobPublic:
+def cancel(job_id: uuid.UUID, request: Request, session: SessionDep) -> JobPublic:
     with session.begin():
-        job = service.cancel_job(session, job_id)
+        job = service.cancel_job(session, job_id, principal_of(request))
     return _public(job)
 
 
@@ -167,10 +170,11 @@ def cancel(job_id: uuid.UUID, session: SessionDep) -> JobPublic:
 )
 async def events(job_id: uuid.UUID, request: Request) -> StreamingResponse:
     factory = request.app.state.sessionmaker
+    viewer = principal_of(request)
 
     def snapshot() -> JobPublic:
         with factory() as session:
-            return _public(service.get_job(session, job_id))
+            return _public(service.get_job(session, job_id, viewer))
 
     first = await run_in_threadpool(snapshot)  # a 404 before the stream starts
 
@@ -217,7 +221,7 @@ def buildings_geojson(
     ] = None,
 ) -> StreamingResponse:
     box = parse_bbox(bbox)
-    service.get_job(session, job_id)  # 404 before the stream starts
+    service.get_job(session, job_id, principal_of(request))  # 404 before the stream starts
     factory = request.app.state.sessionmaker
 
     def stream() -> Iterator[bytes]:
@@ -236,7 +240,10 @@ def buildings_geojson(
     "/{job_id}/evaluation",
     summary="Object precision, recall and F1 (IoU >= 0.5) against labels covering the AOI",
 )
-def evaluation(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Evaluation:
+def evaluation(
+    job_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep
+) -> Evaluation:
+    service.get_job(session, job_id, principal_of(request))
     return Evaluation(**evaluate_job(session, settings, job_id))
 
 

@@ -116,3 +116,31 @@ def test_metrics_are_prometheus_text(api_url: str) -> None:
     assert 'tilesight_http_requests_total{method="GET",route="/healthz",status="200"}' in text
     assert 'tilesight_queue_depth{queue="gpu"}' in text
     assert 'tilesight_jobs{state="done"}' in text
+
+
+def test_a_job_belongs_to_the_key_that_made_it(
+    locked: TestClient, tokens: dict[str, str], stack: Stack
+) -> None:
+    import mercantile
+    from shapely.geometry import box, mapping
+
+    sessions = make_sessionmaker(make_engine(stack.settings))
+    with session_scope(sessions) as session:
+        _, mine = create_key(session, "test-owner", ["read", "submit"])
+        _, theirs = create_key(session, "test-other", ["read", "submit"])
+    tile = mercantile.Tile(315878, 264050, 19)  # one Nairobi demo chip
+    aoi = mapping(box(*mercantile.bounds(tile)))
+    created = locked.post("/jobs", json={"source": "nairobi", "aoi": aoi}, headers=bearer(mine))
+    assert created.status_code == 202, created.text
+    job = created.json()["id"]
+
+    assert locked.get(f"/jobs/{job}", headers=bearer(mine)).status_code == 200
+    for method, path in [("GET", f"/jobs/{job}"), ("POST", f"/jobs/{job}/cancel"),
+                         ("GET", f"/jobs/{job}/buildings.geojson")]:  # fmt: skip
+        response = locked.request(method, path, headers=bearer(theirs))
+        assert response.status_code == 404, (method, path, response.text)
+    listed = locked.get("/jobs", headers=bearer(theirs)).json()["items"]
+    assert job not in [j["id"] for j in listed]
+    assert job in [j["id"] for j in locked.get("/jobs", headers=bearer(mine)).json()["items"]]
+    assert locked.get(f"/jobs/{job}", headers=bearer(tokens["admin"])).status_code == 200
+    assert locked.post(f"/jobs/{job}/cancel", headers=bearer(mine)).status_code in (200, 409)

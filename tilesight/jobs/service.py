@@ -24,6 +24,7 @@ from tilesight import registry, tables
 from tilesight.errors import Conflict, NotFound, Unavailable, Unprocessable
 from tilesight.jobs.plan import plan_job
 from tilesight.jobs.vectorize import CleanParams
+from tilesight.keys import Principal
 from tilesight.settings import Settings
 
 STATES = ("queued", "running", "merging", "done", "failed", "cancelled")
@@ -159,18 +160,40 @@ def enqueue_job(session: Session, sender: TaskSender, job: tables.Job) -> None:
         raise Unavailable("the job queue is unreachable; try again shortly", retry_after=5) from exc
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> JobStatus:
-    job = session.get(tables.Job, job_id)
-    if job is None:
+def owner_filter(viewer: Principal | None) -> int | None | bool:
+    """Whose jobs `viewer` may see: True for everyone's (admin, or no key on a server that
+    needs none), else the id of the key that made them."""
+    if viewer is None or viewer.allows("admin"):
+        return True
+    return viewer.key_id
+
+
+def _visible(job: tables.Job | None, job_id: uuid.UUID, viewer: Principal | None) -> tables.Job:
+    """Another key's job reads as missing (404), so ids cannot be probed for existence."""
+    owner = owner_filter(viewer)
+    if job is None or (owner is not True and job.owner_key_id != owner):
         raise NotFound(f"job {job_id} does not exist")
-    return _status(session, job)
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID, viewer: Principal | None = None) -> JobStatus:
+    return _status(session, _visible(session.get(tables.Job, job_id), job_id, viewer))
 
 
 def list_jobs(
-    session: Session, *, state: str | None, limit: int, offset: int
+    session: Session,
+    *,
+    state: str | None,
+    limit: int,
+    offset: int,
+    viewer: Principal | None = None,
 ) -> tuple[list[JobStatus], int]:
     query = select(tables.Job)
     count = select(func.count()).select_from(tables.Job)
+    owner = owner_filter(viewer)
+    if owner is not True:
+        query = query.where(tables.Job.owner_key_id == owner)
+        count = count.where(tables.Job.owner_key_id == owner)
     if state is not None:
         if state not in STATES:
             raise Unprocessable(f"unknown state {state!r}", allowed=list(STATES))
@@ -182,11 +205,9 @@ def list_jobs(
     return [_status(session, j, chunk_timings=False) for j in jobs], session.scalar(count) or 0
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> JobStatus:
+def cancel_job(session: Session, job_id: uuid.UUID, viewer: Principal | None = None) -> JobStatus:
     """Mark a job cancelled; its queued chunks see that and do nothing."""
-    job = session.get(tables.Job, job_id, with_for_update=True)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
+    job = _visible(session.get(tables.Job, job_id, with_for_update=True), job_id, viewer)
     if job.state in TERMINAL:
         raise Conflict(f"job {job_id} is already {job.state}", state=job.state)
     job.state = "cancelled"
