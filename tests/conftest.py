@@ -19,6 +19,9 @@ from tilesight.stack import Stack, free_port
 
 TEST_OUTPUT = PROJECT_ROOT / "test-output"
 
+# fixtures shared by the job, fault and browser tests (one undisturbed reference job)
+pytest_plugins = ["tests.integration.jobs_support"]
+
 
 @pytest.fixture(scope="session")
 def test_home() -> Iterator[Path]:

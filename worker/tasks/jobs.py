@@ -27,7 +27,27 @@ from tilesight.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-MAX_RETRIES = 3
+MAX_RETRIES = 3  # for errors that another attempt is unlikely to fix
+MAX_TRANSIENT_RETRIES = 12  # Triton, PostgreSQL or Redis restarting: about 3 minutes in all
+# Publishing the merge must outlive a broker restart, or a finished job would hang in
+# `merging` with no task left to move it on.
+PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 3}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A dependency was down or restarting, not a fault of this chunk's data."""
+    import redis
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from tilesight.errors import Unavailable
+
+    if isinstance(exc, Unavailable | OperationalError | redis.ConnectionError | ConnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def backoff(retries: int) -> float:
+    return float(min(2**retries, 20))
 
 
 @dataclass
@@ -83,21 +103,26 @@ def run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
         )
     except Exception as exc:
         attempts = self.request.retries + 1
-        if self.request.retries < MAX_RETRIES:
+        limit = MAX_TRANSIENT_RETRIES if is_transient(exc) else MAX_RETRIES
+        if self.request.retries < limit:
             log.warning(
                 "chunk %s/%s failed (attempt %s), retrying: %s", job_id, index, attempts, exc
             )
-            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+            raise self.retry(
+                exc=exc, countdown=backoff(self.request.retries), max_retries=limit
+            ) from exc
         chunk.fail_chunk(rt.factory, jid, index, f"{type(exc).__name__}: {exc}", attempts)
         raise
     if result.merge:
-        merge.apply_async(args=[job_id], queue="cpu")
+        merge.apply_async(args=[job_id], queue="cpu", retry=True, retry_policy=PUBLISH_RETRY)
     return {"state": result.state, "buildings": result.buildings, "timings": result.timings}
 
 
-@shared_task(name="tilesight.jobs.merge", bind=True, acks_late=True, max_retries=MAX_RETRIES)
+@shared_task(
+    name="tilesight.jobs.merge", bind=True, acks_late=True, max_retries=MAX_TRANSIENT_RETRIES
+)
 def merge(self: Task, job_id: str) -> str:
     try:
         return chunk.finish_job(runtime().factory, uuid.UUID(job_id))
     except Exception as exc:
-        raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
