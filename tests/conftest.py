@@ -98,3 +98,9 @@ def _keep_logs(settings: Settings) -> None:
 @pytest.fixture(scope="session")
 def api_url(stack: Stack) -> str:
     return stack.settings.api_url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API leaves an event loop running in the main
+    thread while a browser is open, which asyncio.run() in other tests refuses."""
+    items.sort(key=lambda item: "/browser/" in str(item.fspath))

@@ -53,7 +53,7 @@ class PageLog:
         return self.console_errors + self.page_errors
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not shutil.which(CHROMIUM):
         pytest.skip("chromium is not installed (apt-get install chromium)")
