@@ -34,8 +34,17 @@ class RemoteResponse:
     content: bytes
 
 
-def check_url(url: str, allowlist: Sequence[str]) -> httpx.URL:
-    """Parse and vet one URL; raises InvalidInput saying why it is refused."""
+@dataclass(frozen=True)
+class Vetted:
+    """A URL that passed the checks, and the address it was vetted at: connections go to
+    that address, so a DNS answer that changes after the check (rebinding) is never used."""
+
+    url: httpx.URL
+    address: str
+
+
+def vet_url(url: str, allowlist: Sequence[str]) -> Vetted:
+    """Parse, resolve and vet one URL; raises InvalidInput saying why it is refused."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -45,22 +54,26 @@ def check_url(url: str, allowlist: Sequence[str]) -> httpx.URL:
     host = parsed.host
     if not host:
         raise InvalidInput(f"the URL {url!r} has no host")
-    if host in allowlist:
-        return parsed
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UpstreamError(f"cannot resolve host {host!r}", url=url) from exc
-    for info in infos:
-        address = str(info[4][0])
-        if address not in allowlist and _is_internal(address):
-            raise InvalidInput(
-                f"the URL points at an internal address ({address}); only public hosts are "
-                "allowed unless the server's remote_allowlist names them",
-                host=host,
-            )
-    return parsed
+    addresses = [str(info[4][0]) for info in infos]
+    if host not in allowlist:
+        for address in addresses:
+            if address not in allowlist and _is_internal(address):
+                raise InvalidInput(
+                    f"the URL points at an internal address ({address}); only public hosts "
+                    "are allowed unless the server's remote_allowlist names them",
+                    host=host,
+                )
+    return Vetted(parsed, addresses[0])
+
+
+def check_url(url: str, allowlist: Sequence[str]) -> httpx.URL:
+    """The parsed URL if it may be read (see `vet_url`)."""
+    return vet_url(url, allowlist).url
 
 
 def _is_internal(address: str) -> bool:
@@ -98,9 +111,16 @@ class RemoteClient:
         """The final response after checked redirects; network failures become 502."""
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(current, self.allowlist)
+            vetted = vet_url(current, self.allowlist)
             try:
-                request = self._client.build_request("GET", current)
+                request = self._client.build_request(
+                    "GET",
+                    vetted.url.copy_with(host=vetted.address),  # pinned: no second lookup
+                    headers={"Host": vetted.url.netloc.decode("ascii")},
+                    extensions={"sni_hostname": vetted.url.host}
+                    if vetted.url.scheme == "https"
+                    else {},
+                )
                 response = self._client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise UpstreamError(f"could not read {current}: {exc.__class__.__name__}") from exc

@@ -24,10 +24,15 @@ from tilesight.remote import RemoteClient, check_url
         "http://[::ffff:127.0.0.1]/x",
         "http://0.0.0.0/x",
         "http://224.0.0.1/x",
+        "http://2130706433/x",  # 127.0.0.1 as one decimal number
+        "http://0x7f000001/x",  # ... in hex
+        "http://0177.0.0.1/x",  # ... with an octal first part
+        "http://[::ffff:a9fe:a9fe]/latest",  # 169.254.169.254, IPv6-mapped, hex
     ],
 )
 def test_internal_addresses_are_refused(url: str) -> None:
-    with pytest.raises(InvalidInput, match="internal address"):
+    # some spellings httpx itself rejects as invalid: refused all the same
+    with pytest.raises(InvalidInput, match="internal address|not a valid URL"):
         check_url(url, allowlist=[])
 
 
@@ -42,7 +47,10 @@ def test_allowlist_names_a_host() -> None:
 
 
 class Handler(BaseHTTPRequestHandler):
+    hits = 0
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).hits += 1
         if self.path == "/to-private":
             self.send_response(302)
             self.send_header("Location", "http://10.9.9.9/secret")
@@ -88,3 +96,47 @@ def test_download_is_capped(base: str, tmp_path) -> None:  # type: ignore[no-unt
     assert not (tmp_path / "f").exists()
     assert client.download(f"{base}/ok", tmp_path / "g", max_bytes=10_000).stat().st_size == 5000
     client.close()
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> list[str]:
+    """Answers for made-up names, in turn (the last one repeats); a unit test may fake
+    the resolver, which is outside the machine. Returns the names looked up."""
+    import socket
+
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        queue = answers[host]
+        address = queue.pop(0) if len(queue) > 1 else queue[0]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_a_name_that_resolves_privately_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dns(monkeypatch, {"internal.example": ["10.1.2.3"]})
+    with pytest.raises(InvalidInput, match="internal address"):
+        check_url("http://internal.example/tiles/1/2/3.png", allowlist=[])
+
+
+def test_dns_rebinding_cannot_reach_the_second_answer(
+    monkeypatch: pytest.MonkeyPatch, base: str
+) -> None:
+    """The name is public when vetted and loopback afterwards; the read must go to the
+    vetted (public, here unreachable) address, never to the local server."""
+    port = base.rsplit(":", 1)[1]
+    asked = fake_dns(monkeypatch, {"rebind.example": ["8.8.8.8", "127.0.0.1"]})
+    Handler.hits = 0
+    client = RemoteClient(allowlist=[], timeout_s=1.0)
+    try:
+        with pytest.raises(UpstreamError):
+            client.get(f"http://rebind.example:{port}/ok", max_bytes=1000)
+    finally:
+        client.close()
+    assert asked == ["rebind.example"], "the name was looked up again after the check"
+    assert Handler.hits == 0
