@@ -31,7 +31,8 @@ def up(
             stopping = True
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background `make up`
+        signal.signal(signum, on_signal)  # starts with it ignored
     try:
         with console.status("starting the stack") as status:
 
