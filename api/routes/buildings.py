@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
 from api.access import principal_of
+from api.conditional import not_modified
 from api.deps import SessionDep
 from tilesight.errors import NotFound
 from tilesight.jobs.service import owner_filter
@@ -61,6 +62,6 @@ def building_tile(
     data = bytes(session.execute(text(sql), params).scalar() or b"")
     etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=10"}
-    if request.headers.get("if-none-match") == etag:
+    if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=MVT_MEDIA_TYPE, headers=headers)

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from api.conditional import not_modified
 from api.deps import SessionDep
 from tilesight import overlay, predict, registry
 from tilesight.imagery.reader import check_tile
@@ -114,13 +115,6 @@ def _etag(layer: Layer, z: int, x: int, y: int, scale: int, style: overlay.Style
     )
 
 
-def _matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags
-
-
 async def _tile(
     request: Request,
     ctx: predict.PredictContext,
@@ -150,7 +144,7 @@ async def _tile(
         "X-Model-Version": str(layer.version),
         MINZOOM_HEADER: str(minzoom),
     }
-    if _matches(request.headers.get("if-none-match"), etag):
+    if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     run = predict.predict_tile_2x if scale == 2 else predict.predict_tile
     probs = await run(ctx, layer.model, layer.version, layer.source, x, y, z)

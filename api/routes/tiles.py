@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from api.conditional import not_modified
 from api.deps import SessionDep
 from tilesight.errors import InvalidInput
 from tilesight.imagery.reader import check_tile, read_tile, tile_problem
@@ -79,13 +80,6 @@ def _etag(source: SourceInfo, z: int, x: int, y: int, scale: int, fmt: str, q: s
     return '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
 
 
-def _matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags
-
-
 async def _tile(
     request: Request,
     session: SessionDep,
@@ -110,7 +104,7 @@ async def _tile(
     check_tile(source, x, y, z)
     etag = _etag(source, z, x, y, scale, fmt, params.query())
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-    if _matches(request.headers.get("if-none-match"), etag):
+    if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
 
     def work() -> bytes:
