@@ -8,7 +8,6 @@ without a separate alignment step.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -23,11 +22,9 @@ from rasterio.transform import from_bounds
 from shapely.geometry import shape
 
 from tilesight.errors import InvalidInput, Unprocessable
+from tilesight.imagery.chips import parse_chip
 
 Tile = tuple[int, int, int]  # x, y, z
-_CHIP_NAMES = (
-    re.compile(r"^[A-Za-z]*-?(?P<x>\d+)-(?P<y>\d+)-(?P<z>\d+)$"),  # OAM-{x}-{y}-{z}
-)
 
 
 class TileReader(Protocol):
@@ -55,9 +52,7 @@ class ChipFolder:
         self.tile_size = tile_size
         self.index: dict[Tile, Path] = {}
         for path in self.root.rglob("*"):
-            if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp"}:
-                continue
-            tile = _parse_chip(path, self.root)
+            tile = parse_chip(path.relative_to(self.root))  # the names imagery accepts
             if tile is not None:
                 self.index[tile] = path
         if not self.index:
@@ -222,18 +217,6 @@ def rasterize_instances(
         shapes, out_shape=(size, size), transform=tile_transform(tile, tile_size, context),
         fill=0, dtype="int32",
     )  # fmt: skip
-
-
-def _parse_chip(path: Path, root: Path) -> Tile | None:
-    for pattern in _CHIP_NAMES:
-        m = pattern.match(path.stem)
-        if m:
-            return int(m["x"]), int(m["y"]), int(m["z"])
-    parts = path.relative_to(root).with_suffix("").parts
-    if len(parts) >= 3 and all(p.isdigit() for p in parts[-3:]):
-        z, x, y = map(int, parts[-3:])
-        return x, y, z
-    return None
 
 
 def _overlaps(a: mercantile.LngLatBbox, b: tuple[float, float, float, float]) -> bool:
