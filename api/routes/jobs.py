@@ -151,6 +151,21 @@ def list_jobs(
     return JobPage(items=[_public(j) for j in jobs], total=total, limit=limit, offset=offset)
 
 
+class JobLimits(BaseModel):
+    max_area_km2: float = Field(description="largest AOI one job may cover")
+    max_tiles: int = Field(description="most tiles one job may plan at the model's zoom")
+    max_active_jobs_per_key: int = Field(description="queued or running jobs per API key")
+
+
+@router.get("/limits", summary="The limits an AOI must respect, so clients can say so up front")
+def limits(settings: SettingsDep) -> JobLimits:
+    return JobLimits(
+        max_area_km2=settings.job_max_area_km2,
+        max_tiles=settings.job_max_tiles,
+        max_active_jobs_per_key=settings.max_active_jobs_per_key,
+    )
+
+
 @router.get("/{job_id}", summary="A job's state, progress, timings and error")
 def read_job(job_id: uuid.UUID, request: Request, session: SessionDep) -> JobPublic:
     return _public(service.get_job(session, job_id, principal_of(request)))

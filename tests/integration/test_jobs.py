@@ -195,3 +195,12 @@ def test_cli_status_and_export(api_url: str, done_job: dict[str, Any], tmp_path)
     assert len(json.loads(out.read_text())["features"]) == done_job["buildings"]
     missing = runner.invoke(app, ["jobs", "status", str(uuid.uuid4()), "--api", api_url])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_limits_are_published(client: httpx.Client, stack: Stack) -> None:
+    limits = client.get("/jobs/limits").json()
+    assert limits == {
+        "max_area_km2": stack.settings.job_max_area_km2,
+        "max_tiles": stack.settings.job_max_tiles,
+        "max_active_jobs_per_key": stack.settings.max_active_jobs_per_key,
+    }

@@ -30,6 +30,8 @@ class App {
     this.models = new Models(this);
     this.jobs = new Jobs(this);
     this.draw = new AreaDraw(this);
+    // the limits up front, so an area that is too large is explained before it is sent
+    api("/jobs/limits").then((limits) => this.draw.setLimits(limits), () => {});
     this.controls();
   }
 
