@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     upload_max_bytes: int = 512 * 1024 * 1024
     job_max_area_km2: float = 50.0
     job_max_tiles: int = 20_000
+    job_max_vertices: int = 10_000
     job_chunk_tiles: int = 16
     celery_visibility_timeout_s: int = 3600
     max_body_bytes: int = Field(2 * 1024 * 1024, description="JSON bodies; uploads have their own")

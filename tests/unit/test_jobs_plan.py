@@ -85,6 +85,11 @@ def test_area_and_tile_limits_name_the_limit() -> None:
     with pytest.raises(TooLarge) as err:
         plan(mapping(tiles_box(8, 8, 1e-7)), max_tiles=10)
     assert err.value.detail["limit_tiles"] == 10
+    circle = tiles_box(8, 8).centroid.buffer(0.001, quad_segs=64)  # 257 vertices
+    with pytest.raises(TooLarge, match="257 vertices") as err:
+        plan(mapping(circle), max_vertices=100)
+    assert err.value.detail["limit_vertices"] == 100
+    assert plan(mapping(circle), max_vertices=300).tiles
 
 
 def test_plan_cuts_the_aoi_to_the_source() -> None:

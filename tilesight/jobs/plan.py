@@ -134,9 +134,17 @@ def plan_job(
     chunk_tiles: int,
     max_area_km2: float,
     max_tiles: int,
+    max_vertices: int = 10_000,
 ) -> Plan:
     """Validate the AOI against the source and the limits, and cut it into chunks."""
     requested = parse_aoi(aoi)
+    vertices = shapely.get_num_coordinates(requested)
+    if vertices > max_vertices:  # clipping every polygon against such an AOI gets slow
+        raise TooLarge(
+            f"aoi has {vertices} vertices, above the limit of {max_vertices}; simplify it",
+            limit_vertices=max_vertices,
+            vertices=int(vertices),
+        )
     area = geodesic_area_km2(requested)
     if area > max_area_km2:
         raise TooLarge(

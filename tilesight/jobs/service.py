@@ -95,6 +95,7 @@ def create_job(
         chunk_tiles=settings.job_chunk_tiles,
         max_area_km2=settings.job_max_area_km2,
         max_tiles=settings.job_max_tiles,
+        max_vertices=settings.job_max_vertices,
     )
     active = session.scalar(
         select(func.count()).where(
