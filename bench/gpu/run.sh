@@ -46,9 +46,9 @@ $PY bench/gpu/model_throughput.py --device $DEVICE --seconds "$SECONDS_PER" --ou
 $PY bench/gpu/triton_throughput.py --url 127.0.0.1:18001 --seconds "$SECONDS_PER" \
   --out "$OUT/triton.json"
 # training samples/s (bench/train.py picks CUDA when there is one), demo width and a wider one
-$PY bench/train.py --threads 16 --steps 20 --batch-size 32 --cache "$WORK/chips" \
+$PY bench/train.py --threads "$(nproc)" --steps 20 --batch-size 32 --cache "$WORK/chips" \
   > "$OUT/train.txt" 2>&1 || echo "training bench failed: see $OUT/train.txt"
-$PY bench/train.py --threads 16 --steps 20 --batch-size 32 --width 32 --cache "$WORK/chips" \
+$PY bench/train.py --threads "$(nproc)" --steps 20 --batch-size 32 --width 32 --cache "$WORK/chips" \
   >> "$OUT/train.txt" 2>&1 || true
 $PY -c "import torch, json; print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(), 'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}))" > "$OUT/device.json"
 echo "results in $OUT"
