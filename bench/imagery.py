@@ -33,14 +33,14 @@ import mercantile
 import numpy as np
 from PIL import Image
 
-from tilesight.db import make_engine, make_sessionmaker, migrate
+from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.chips import chips_to_cog
 from tilesight.imagery.cog import to_cog
 from tilesight.imagery.rasters import GDAL_CONFIG
 from tilesight.imagery.register import register_file
 from tilesight.imagery.sources import SourceInfo
-from tilesight.settings import PROJECT_ROOT, Settings
-from tilesight.stack import Stack, free_port, settings_env
+from tilesight.settings import PROJECT_ROOT
+from tilesight.stack import Stack, bring_up, free_port, isolated_settings, settings_env
 
 DEMO = PROJECT_ROOT / "data" / "demo"
 INPUTS = {
@@ -159,19 +159,15 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="tilesight-bench-imagery-"))
-    settings = Settings(
-        environment="test",
-        home=home,
-        api_port=free_port(),
-        postgres_port=free_port(),
-        redis_port=free_port(),
+    settings = isolated_settings(
+        home,
         load_demo=False,
         rate_limits={name: [1e6, 1e6] for name in ("tiles", "predictions", "jobs", "default")},
     )
     stack = Stack(settings, components=["postgres", "redis"])
     results: dict[str, Any] = {}
     try:
-        stack.start(on_ready=lambda name: migrate(settings) if name == "postgres" else None)
+        bring_up(stack, demo=False)
         cog = make_cog(args.source, home)
         engine = make_engine(settings)
         with make_sessionmaker(engine)() as session:

@@ -30,10 +30,8 @@ import mercantile
 from shapely.geometry import box, mapping
 from shapely.ops import unary_union
 
-from tilesight.db import migrate
-from tilesight.demo import load_demo
 from tilesight.settings import PROJECT_ROOT, Settings
-from tilesight.stack import Stack, free_port, settings_env
+from tilesight.stack import Stack, bring_up, isolated_settings, settings_env
 
 STAGES = ("read", "infer", "vectorize", "write", "merge")
 
@@ -106,18 +104,13 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="tilesight-bench-"))
-    settings = Settings(
-        environment="test", home=home, api_port=free_port(), postgres_port=free_port(),
-        redis_port=free_port(), triton_http_port=free_port(), triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(), load_demo=True,
-        rate_limits={"default": [1000.0, 1000.0], "jobs": [1000.0, 1000.0]},
-    )  # fmt: skip
+    settings = isolated_settings(
+        home, load_demo=True, rate_limits={"default": [1000.0, 1000.0], "jobs": [1000.0, 1000.0]}
+    )
     stack = Stack(settings, components=["postgres", "redis", "triton", "api"])
     results: list[dict[str, Any]] = []
     try:
-        stack.start(on_ready=lambda name: migrate(settings) if name == "postgres" else None)
-        for _ in load_demo(settings):
-            pass
+        bring_up(stack)
         with httpx.Client(base_url=settings.api_url, timeout=60) as client:
             body = client.get("/sources").json()
             items = body["items"] if isinstance(body, dict) else body

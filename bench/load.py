@@ -25,10 +25,8 @@ import mercantile
 import numpy as np
 from shapely.geometry import box, mapping
 
-from tilesight.db import migrate
-from tilesight.demo import load_demo
 from tilesight.settings import Settings
-from tilesight.stack import Stack, free_port
+from tilesight.stack import Stack, bring_up, isolated_settings
 
 PLACES = ("tanzania", "nairobi")
 
@@ -148,18 +146,14 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="tilesight-load-"))
-    settings = Settings(
-        environment="test", home=home, api_port=free_port(), postgres_port=free_port(),
-        redis_port=free_port(), triton_http_port=free_port(), triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(),
+    settings = isolated_settings(
+        home,
         rate_limits={"tiles": [1e4, 1e4], "predictions": [1e4, 1e4], "jobs": [100, 100],
                      "default": [1e4, 1e4]},
     )  # fmt: skip
     stack = Stack(settings)
     try:
-        stack.start(on_ready=lambda name: migrate(settings) if name == "postgres" else None)
-        for _ in load_demo(settings):
-            pass
+        bring_up(stack)
         result = asyncio.run(run_load(settings, args.seconds, args.concurrency))
     finally:
         stack.stop()

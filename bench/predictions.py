@@ -36,15 +36,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tilesight.db import make_engine, make_sessionmaker, migrate
-from tilesight.demo import load_demo
+from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.reader import read_tile
 from tilesight.imagery.sources import get_source
 from tilesight.model.export import load_model
 from tilesight.predict import context_px
 from tilesight.registry import model_metadata, resolve_version
 from tilesight.settings import PROJECT_ROOT, Settings
-from tilesight.stack import Stack, free_port
+from tilesight.stack import Stack, bring_up, isolated_settings
 from tilesight.triton import TritonClient
 
 UNLIMITED = [1e9, 1e9]
@@ -222,16 +221,10 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="tilesight-bench-"))
     shutil.copytree(args.model_repo, home / "model_repo")
-    ports = {
-        f"{name}_port": free_port()
-        for name in ("api", "postgres", "redis", "triton_http", "triton_grpc", "triton_metrics")
-    }
-    settings = Settings(**bench_settings(home, cache=True), **ports)
+    settings = isolated_settings(**bench_settings(home, cache=True))
     stack = Stack(settings, components=["postgres", "redis", "triton", "api"])
     try:
-        stack.start(on_ready=lambda name: migrate(settings) if name == "postgres" else None)
-        for line in load_demo(settings):
-            print(line, flush=True)
+        bring_up(stack, on_line=lambda line: print(line, flush=True))
         results = asyncio.run(run(args, settings, stack))
     finally:
         stack.stop()

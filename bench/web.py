@@ -33,8 +33,8 @@ from typing import Any
 
 from playwright.sync_api import Page, sync_playwright
 
-from tilesight.settings import PROJECT_ROOT, Settings
-from tilesight.stack import Stack, free_port
+from tilesight.settings import PROJECT_ROOT
+from tilesight.stack import Stack, bring_up, isolated_settings
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -57,29 +57,18 @@ SETTLED = "(layer) => tilesight[layer] && !tilesight[layer].isLoading()"
 @contextmanager
 def private_stack() -> Iterator[str]:
     """A stack of our own in a temporary home, with the demo data and a copy of model_repo."""
-    from tilesight.db import migrate
-    from tilesight.demo import load_demo
 
     home = Path(tempfile.mkdtemp(prefix="tilesight-bench-web-"))
     repo = home / "model_repo"
     shutil.copytree(PROJECT_ROOT / "model_repo", repo, symlinks=True)
-    settings = Settings(
-        environment="test",
-        home=home,
+    settings = isolated_settings(
+        home,
         model_repo=repo,
-        api_port=free_port(),
-        postgres_port=free_port(),
-        redis_port=free_port(),
-        triton_http_port=free_port(),
-        triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(),
         rate_limits={k: [1e9, 1e9] for k in ("tiles", "predictions", "jobs", "default")},
     )
     stack = Stack(settings)
     try:
-        stack.start(on_ready=lambda name: migrate(settings) if name == "postgres" else None)
-        for _ in load_demo(settings):
-            pass
+        bring_up(stack)
         yield settings.api_url
     finally:
         stack.stop()

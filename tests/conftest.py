@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tilesight.settings import PROJECT_ROOT, Settings
-from tilesight.stack import Stack, free_port
+from tilesight.stack import Stack, bring_up, isolated_settings
 
 TEST_OUTPUT = PROJECT_ROOT / "test-output"
 
@@ -38,16 +38,9 @@ def settings(test_home: Path) -> Settings:
     model_repo = test_home / "model_repo"
     if (PROJECT_ROOT / "model_repo").is_dir():
         shutil.copytree(PROJECT_ROOT / "model_repo", model_repo, ignore=_no_checkpoints)
-    return Settings(
+    return isolated_settings(
+        test_home,
         model_repo=model_repo,
-        environment="test",
-        home=test_home,
-        api_port=free_port(),
-        postgres_port=free_port(),
-        redis_port=free_port(),
-        triton_http_port=free_port(),
-        triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(),
         load_demo=True,
         remote_allowlist=["127.0.0.1", "localhost"],
         # generous: tests from one address must not trip limits meant for the public;
@@ -68,19 +61,9 @@ def _no_checkpoints(folder: str, names: list[str]) -> list[str]:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Stack]:
     """The whole local stack (PostGIS, Redis, Triton, worker, API), with the demo data loaded."""
-    from tilesight.db import migrate
-    from tilesight.demo import load_demo
-
     stack = Stack(settings)
-
-    def on_ready(name: str) -> None:
-        if name == "postgres":
-            migrate(settings)
-
     try:
-        stack.start(on_ready=on_ready)
-        for _ in load_demo(settings):
-            pass
+        bring_up(stack)
         yield stack
     finally:
         stack.stop()

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tilesight.settings import PROJECT_ROOT, Settings
 from tilesight.tritonserver import TritonLayout
@@ -46,6 +47,37 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+PORT_SETTINGS = ("api", "postgres", "redis", "triton_http", "triton_grpc", "triton_metrics")
+
+
+def isolated_settings(home: Path, **overrides: Any) -> Settings:
+    """Settings for a private stack (tests, benchmarks): every port free and all state
+    under `home`, so it runs beside a developer's own stack without touching it."""
+    ports = {f"{name}_port": free_port() for name in PORT_SETTINGS}
+    return Settings(**{"environment": "test", "home": home, **ports, **overrides})
+
+
+def bring_up(
+    stack: Stack, *, demo: bool = True, on_line: Callable[[str], None] = lambda line: None
+) -> None:
+    """Start the stack, migrate as soon as PostgreSQL answers, then load the demo data;
+    `on_line` hears one line per step. What `tilesight up`, the tests and benchmarks share."""
+    from tilesight.db import migrate
+
+    def ready(name: str) -> None:
+        on_line(f"{name} ready")
+        if name == "postgres":
+            migrate(stack.settings)
+            on_line("migrations applied")
+
+    stack.start(on_ready=ready)
+    if demo:
+        from tilesight.demo import load_demo
+
+        for line in load_demo(stack.settings):
+            on_line(line)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

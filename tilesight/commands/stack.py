@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tilesight.db import migrate as run_migrations
 from tilesight.settings import get_settings
-from tilesight.stack import Stack, StackError
+from tilesight.stack import Stack, StackError, bring_up
 
 console = Console()
 
@@ -36,21 +36,11 @@ def up(
     try:
         with console.status("starting the stack") as status:
 
-            def ready(name: str) -> None:
-                console.print(f"[green]✓[/] {name} ready")
-                if name == "postgres":
-                    status.update("applying migrations")
-                    run_migrations(settings)
-                    console.print("[green]✓[/] migrations applied")
-                status.update("starting the next component")
+            def show(line: str) -> None:
+                console.print(f"[green]✓[/] {line}")
+                status.update("working on the next step")
 
-            stack.start(on_ready=ready)
-            if settings.load_demo and not no_demo:
-                status.update("loading the demo imagery and model")
-                from tilesight.demo import load_demo
-
-                for line in load_demo(settings):
-                    console.print(f"[green]✓[/] {line}")
+            bring_up(stack, demo=settings.load_demo and not no_demo, on_line=show)
         console.print(
             f"\n[bold]Tilesight is ready[/] in {time.monotonic() - started:.0f}s: "
             f"[link]{settings.api_url}/[/]  (API docs: {settings.api_url}/docs)\n"
