@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import mercantile
 import numpy as np
@@ -165,12 +165,16 @@ def open_imagery(path: str | Path) -> TileReader:
     raise InvalidInput(f"imagery {path} is neither a chip folder nor a raster file")
 
 
-def load_footprints(path: str | Path) -> list[shapely.Geometry]:
-    """Building polygons from GeoJSON in any CRS, returned in EPSG:3857 (tile pixel grid).
+OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm")
 
-    A legacy `crs` member names the CRS (RFC 7946 files are EPSG:4326); features tagged
-    `building=no` are dropped, invalid rings repaired rather than rejected.
-    """
+
+def read_features(path: str | Path) -> tuple[list[dict[str, Any]], str]:
+    """GeoJSON-like features and the name of their CRS, from a GeoJSON file or an OSM
+    extract (`.osm.pbf` / `.osm`, whose areas come back as polygons in EPSG:4326)."""
+    if str(path).lower().endswith(OSM_SUFFIXES):
+        from tilesight.model.osm import read_osm
+
+        return read_osm(Path(path)), "EPSG:4326"
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -179,6 +183,16 @@ def load_footprints(path: str | Path) -> list[shapely.Geometry]:
         raise InvalidInput(f"labels {path} are not a GeoJSON object")
     feats = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
     crs = ((doc.get("crs") or {}).get("properties") or {}).get("name", "EPSG:4326")
+    return list(feats or []), crs
+
+
+def load_footprints(path: str | Path) -> list[shapely.Geometry]:
+    """Building polygons from GeoJSON in any CRS, returned in EPSG:3857 (tile pixel grid).
+
+    A legacy `crs` member names the CRS (RFC 7946 files are EPSG:4326); features tagged
+    `building=no` are dropped, invalid rings repaired rather than rejected.
+    """
+    feats, crs = read_features(path)
     to_3857 = pyproj.Transformer.from_crs(crs, "EPSG:3857", always_xy=True)
     geoms = []
     for feat in feats or []:
