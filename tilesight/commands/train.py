@@ -30,7 +30,12 @@ def _pairs(imagery: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
 @app.command()
 def train(
     imagery: list[Path] = typer.Option(..., "--imagery", "-i", help="chip folder or raster"),
-    labels: list[Path] = typer.Option(..., "--labels", "-l", help="footprints GeoJSON"),
+    labels: list[Path] = typer.Option(
+        ...,
+        "--labels",
+        "-l",
+        help="footprints: GeoJSON (any CRS) or an OSM extract (.osm.pbf)",
+    ),
     model_repo: Path = typer.Option(Path("model_repo"), help="Triton model repository"),
     name: str = typer.Option("buildings", help="model name in the repository"),
     zoom: int = typer.Option(19, help="the model's native Web-Mercator zoom"),
