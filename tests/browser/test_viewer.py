@@ -76,6 +76,11 @@ def test_overlay_opacity_and_threshold(page, page_log: PageLog, source_id: str) 
     assert all(o.shape == (256, 256, 4) for o in overlays)
     assert max(o[..., 3].max() for o in overlays) > 0, "the overlay paints no building at all"
     assert min(o[..., 3].min() for o in overlays) == 0, "the overlay hides the imagery everywhere"
+    # the legend names what the colour means, in the colour the model's metadata gives it
+    legend = page.locator("#model-classes li")
+    assert legend.first.inner_text().strip() == "building"
+    swatch = legend.first.locator(".swatch").evaluate("el => getComputedStyle(el).backgroundColor")
+    assert swatch == "rgb(255, 59, 48)"  # "#ff3b30" in buildings/N/metadata.json
 
     page.locator("#opacity").fill("0.3")
     opacity = page.eval_on_selector(".prediction-tiles", "el => getComputedStyle(el).opacity")

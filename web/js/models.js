@@ -16,6 +16,7 @@ function metaOf(version) {
   return version.metadata || version.meta || {};
 }
 
+const BACKGROUND = new Set(["background", "bg", "none", "nodata"]); // as tilesight/overlay.py
 const HEADLINE = ["f1", "precision", "recall", "iou", "pixel_iou", "object_f1", "object_precision", "object_recall"];
 
 /** The headline numbers of a metrics object, best known first (losses, epochs and nested
@@ -126,6 +127,18 @@ export class Models {
         h("dt", {}, k.replace(/_/g, " ")),
         h("dd", {}, typeof v === "number" ? fmtNumber(v, 3) : v),
       ]),
+    );
+    this.renderClasses(meta.classes || []);
+  }
+
+  /** The legend: each class the overlay paints, in its colour from the model's metadata
+   * (the background is never painted, so it is not listed). */
+  renderClasses(classes) {
+    const drawn = classes.filter((c) => !BACKGROUND.has(String(c.name || "").toLowerCase()));
+    $("#model-classes").replaceChildren(
+      ...drawn.map((c) =>
+        h("li", {}, h("span", { class: "swatch", style: `background:${c.color || "#ff3b30"}` }), c.name),
+      ),
     );
   }
 
