@@ -15,7 +15,7 @@ from tilesight.errors import TilesightError
 from tilesight.model.data import ChipSpec
 from tilesight.model.job import TrainingRun, evaluate_version, run_training
 from tilesight.model.train import Progress as TrainProgress
-from tilesight.model.train import TrainConfig
+from tilesight.model.train import TrainConfig, torchrun_env
 
 app = typer.Typer(no_args_is_help=True, help="Train and evaluate building models.")
 console = Console()
@@ -58,7 +58,12 @@ def train(
     init_from: Path | None = typer.Option(None, help="version folder to fine-tune from"),
     freeze_encoder_epochs: int = typer.Option(0),
     compile: bool = typer.Option(False, help="torch.compile the model"),
-    distributed: bool = typer.Option(False, help="set when launched with torchrun"),
+    distributed: bool = typer.Option(
+        False, help="one run across torchrun's processes (on by itself under torchrun)"
+    ),
+    max_steps_per_epoch: int | None = typer.Option(
+        None, min=1, help="cut every epoch short (smoke tests, benchmarks)"
+    ),
     threads: int = typer.Option(0, help="CPU threads for torch (0: torch's default)"),
     run_dir: Path = typer.Option(Path(".tilesight/runs/latest"), help="checkpoints"),
     cache_dir: Path = typer.Option(Path(".tilesight/chips"), help="chip cache"),
@@ -67,6 +72,8 @@ def train(
     """Train a U-Net on imagery + footprints and export it as a new model version."""
     if threads:
         torch.set_num_threads(threads)
+    rank, world = torchrun_env()
+    distributed = distributed or world > 1  # torchrun started several: they train as one
     try:
         run = TrainingRun(
             sources=_pairs(imagery, labels),
@@ -79,10 +86,11 @@ def train(
                 epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                 workers=workers, seed=seed, compile=compile, distributed=distributed,
                 freeze_encoder_epochs=freeze_encoder_epochs, run_dir=run_dir, resume=resume,
+                max_steps_per_epoch=max_steps_per_epoch,
             ),
         )  # fmt: skip
         columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
-        with Progress(*columns, TimeRemainingColumn(), console=console) as bar:
+        with Progress(*columns, TimeRemainingColumn(), console=console, disable=rank != 0) as bar:
             task = bar.add_task("epoch 1", total=1.0, info="")
 
             def show(p: TrainProgress) -> None:
@@ -99,6 +107,8 @@ def train(
     except TilesightError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(2) from exc
+    if rank != 0:  # rank 0 reports the run and exports its one version
+        return
     _print_scores(meta["metrics"], meta["metrics"]["baselines"])
     console.print(f"[green]✓[/] exported {version_dir}")
 

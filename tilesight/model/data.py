@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -131,7 +132,8 @@ def cache_chips(
             box = shapely.box(b.left - pad, b.bottom - pad, b.right + pad, b.top + pad)
             hits = [geoms[i] for i in tree.query(box, predicate="intersects")]
             inst = rasterize_instances(hits, tile, s, c)
-            tmp = path.with_suffix(".tmp.npz")
+            # unique per process: torchrun ranks or two jobs may cache the same chip at once
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
             np.savez_compressed(tmp, image=image, valid=valid, instances=inst)
             tmp.rename(path)
         with np.load(path) as z:

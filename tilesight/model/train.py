@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,12 +102,45 @@ class TrainResult:
     best: dict[str, float]
     best_epoch: int
     stopped_early: bool
+    world_size: int = 1  # processes that trained it (torchrun)
+    effective_batch: int = 0  # samples per optimiser step, over all processes
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def torchrun_env() -> tuple[int, int]:
+    """(rank, world size) that torchrun gave this process, (0, 1) outside it: a command
+    launched by torchrun can tell so by itself, and only rank 0 draws progress."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextmanager
+def process_group(distributed: bool) -> Iterator[tuple[int, int]]:
+    """(rank, world size) while inside. With `distributed`, joins torchrun's process
+    group and leaves it on exit, unless a caller joined it already: the outermost
+    caller owns it, so run_training and train can both ask for it."""
+    if not distributed:
+        yield 0, 1
+        return
+    owner = not dist.is_initialized()
+    if owner:
+        if "WORLD_SIZE" not in os.environ:
+            raise InvalidInput(
+                "distributed training needs torchrun to start the processes: "
+                "torchrun --standalone --nproc_per_node N -m tilesight.cli train ..."
+            )
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        if owner:
+            dist.destroy_process_group()
 
 
 def augment(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,17 +224,26 @@ def train(
 ) -> TrainResult:
     """Fit `model`; returns it with the weights of its best epoch on `val_set` (pass a
     tune split, not the validation split, when the validation scores must stay honest),
-    or of its last epoch when `config.select_best` is off."""
+    or of its last epoch when `config.select_best` is off.
+
+    Under torchrun (`config.distributed`) every rank calls it with the same arguments:
+    rank 0 alone evaluates and writes checkpoints, and every rank returns its weights."""
+    with process_group(config.distributed) as (rank, world):
+        return _fit(model, train_set, val_set, config, buffer, on_progress, rank, world)
+
+
+def _fit(
+    model: SegmentationModel,
+    train_set: Dataset,
+    val_set: Dataset,
+    config: TrainConfig,
+    buffer: int,
+    on_progress: ProgressCallback | None,
+    rank: int,
+    world: int,
+) -> TrainResult:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    rank, world = 0, 1
-    if config.distributed:  # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = resolve_device(config.device)
     if config.distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -210,17 +252,28 @@ def train(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
 
-    sampler = DistributedSampler(train_set, seed=config.seed) if config.distributed else None
+    # Each rank draws a disjoint share of equal length (the tail is dropped, not padded
+    # with repeats), so all ranks take the same number of steps and no collective hangs.
+    sampler = None
+    if config.distributed:
+        sampler = DistributedSampler(train_set, seed=config.seed, drop_last=True)
+    share = len(sampler) if sampler is not None else len(train_set)
+    effective_batch = min(config.batch_size, share) * world
     pin = device.type == "cuda"
     loader = DataLoader(
         train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=config.workers, drop_last=len(train_set) >= config.batch_size * world,
+        num_workers=config.workers, drop_last=share >= config.batch_size,
         pin_memory=pin, persistent_workers=config.workers > 0,
     )  # fmt: skip
     val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.workers)
     steps = len(loader)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
+    if steps == 0:
+        raise InvalidInput(
+            f"no training batches: {len(train_set)} training chips for {world} process(es); "
+            "label a larger area or start fewer processes"
+        )
     total = steps * config.epochs
     # Linear scaling rule: each process keeps its batch, so the effective batch and the
     # learning rate both grow with the number of processes.
@@ -248,12 +301,12 @@ def train(
         start_epoch = ckpt["epoch"] + 1
         if best_path.exists():
             best_state = torch.load(best_path, map_location="cpu", weights_only=True)
+    if config.distributed:  # rank 0's checkpoint says where every rank starts
+        shared = [history, best, best_epoch, start_epoch]
+        dist.broadcast_object_list(shared, src=0)
+        history, best, best_epoch, start_epoch = shared
     net: nn.Module = model
-    if config.compile:
-        net = torch.compile(net)
-    if config.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    net_frozen: bool | None = None  # the encoder state `net` was built for
 
     stopped_early = False
     for epoch in range(start_epoch, config.epochs + 1):
@@ -263,9 +316,13 @@ def train(
         if sampler is not None:
             sampler.set_epoch(epoch)
         frozen = epoch <= config.freeze_encoder_epochs
-        for p in model.net.encoder_parameters():
-            p.requires_grad_(not frozen)
-        model.train()
+        if frozen != net_frozen:
+            net, net_frozen = _wrap(model, frozen, config, device), frozen
+        net.train()
+        if frozen:  # a frozen encoder keeps its BatchNorm statistics as well as its weights
+            for module in model.net.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         started, losses = time.perf_counter(), []
         for step, batch in enumerate(loader, start=1):
             if step > steps:
@@ -285,10 +342,12 @@ def train(
         seconds = time.perf_counter() - started
         record: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else 0.0,
+            "train_loss": _mean_over_ranks(losses, device, config.distributed),
             "lr": optimiser.param_groups[0]["lr"],
+            "effective_batch": effective_batch,
+            "encoder_frozen": frozen,
             "seconds": round(seconds, 2),
-            "samples_per_s": round(len(losses) * config.batch_size * world / seconds, 2),
+            "samples_per_s": round(len(losses) * effective_batch / seconds, 2),
         }
         if rank == 0:
             scores = evaluate_model(
@@ -304,11 +363,45 @@ def train(
             _save(last, model, optimiser, scheduler, epoch, history, best, best_epoch, config)
             if on_progress:
                 on_progress(Progress("epoch", epoch, config.epochs, steps, steps, None, scores))
-        if config.distributed:
-            dist.barrier()
+        if config.distributed:  # rank 0's record, so every rank stops at the same epoch
+            shared = [history, best, best_epoch]
+            dist.broadcast_object_list(shared, src=0)
+            history, best, best_epoch = shared
     if best_state is not None and config.select_best:
         model.load_state_dict(best_state)
-    return TrainResult(model.to("cpu").eval(), history, best, best_epoch, stopped_early)
+    model.requires_grad_(True)
+    if config.distributed:  # only rank 0 holds the best epoch's weights
+        for tensor in model.state_dict().values():
+            flat = tensor.contiguous()
+            dist.broadcast(flat, src=0)
+            tensor.copy_(flat)
+    model = model.to("cpu").eval()
+    return TrainResult(model, history, best, best_epoch, stopped_early, world, effective_batch)
+
+
+def _wrap(
+    model: SegmentationModel, frozen: bool, config: TrainConfig, device: torch.device
+) -> nn.Module:
+    """The module the loop calls, built for one encoder state. DDP reduces the gradients
+    of the parameters that required them when it was built, so it is rebuilt when the
+    encoder thaws (cheaper than find_unused_parameters on every step)."""
+    for p in model.net.encoder_parameters():
+        p.requires_grad_(not frozen)
+    net: nn.Module = model
+    if config.compile:
+        net = torch.compile(net)
+    if config.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return net
+
+
+def _mean_over_ranks(losses: list[float], device: torch.device, distributed: bool) -> float:
+    """The epoch's training loss over every rank's batches, not rank 0's alone."""
+    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
+    if distributed:
+        dist.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] else 0.0
 
 
 def _stale(history: Sequence[dict], best_epoch: int, patience: int) -> bool:
