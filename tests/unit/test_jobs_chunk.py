@@ -23,6 +23,7 @@ from tilesight import tables
 from tilesight.db import make_engine, make_sessionmaker, migrate, session_scope
 from tilesight.jobs import chunk
 from tilesight.jobs.plan import Tile, plan_job
+from tilesight.model.data import border_mask
 from tilesight.settings import Settings
 from tilesight.stack import Stack, free_port
 
@@ -92,11 +93,26 @@ def fake_predict(tiles: list[Tile]):
     return building_map(tiles), {"read": 0.0}
 
 
-def run(factory, job_id, index):
+def run(factory, job_id, index, predict=fake_predict, classes=None):
     return chunk.run_chunk(
-        factory, job_id, index, predict=fake_predict,
-        classes=[{"name": "background"}, {"name": "building"}], threshold=0.5,
+        factory, job_id, index, predict=predict,
+        classes=classes or [{"name": "background"}, {"name": "building"}], threshold=0.5,
     )  # fmt: skip
+
+
+def border_model_predict(tiles: list[Tile]):
+    """A border model's view of the world: [building, border] per tile. Two houses share
+    a wall on a tile edge inside the first chunk; one building lies across the seam."""
+    truth = np.zeros((2 * 256, 4 * 256), np.int32)
+    truth[300:360, 2 * 256 - 50 : 2 * 256 + 50] = 1
+    truth[100:150, 200:256] = 2
+    truth[100:150, 256:300] = 3
+    world = np.stack([truth > 0, border_mask(truth, width=2)]).astype(np.float32) * 0.95
+    out = {}
+    for x, y, z in tiles:
+        r, c = (y - Y0) * 256, (x - X0) * 256
+        out[(x, y, z)] = world[:, r : r + 256, c : c + 256]
+    return out, {"read": 0.0}
 
 
 def geoms(factory, job_id) -> list[str]:
@@ -134,6 +150,20 @@ def test_rerun_replaces_rows_and_last_chunk_triggers_merge(factory) -> None:
         areas = s.scalars(select(tables.Building.area_m2).where(tables.Building.job_id == job_id))
         px_m2 = (0.2986 * np.cos(np.radians(6.05))) ** 2
         assert sorted(round(a / px_m2) for a in areas) == pytest.approx([3000, 6000], rel=0.03)
+
+
+def test_a_border_model_writes_touching_houses_apart_and_seams_still_merge(factory) -> None:
+    job_id = make_job(factory)
+    border_model = [{"name": "building"}, {"name": "border"}]
+    first = run(factory, job_id, 0, border_model_predict, border_model)
+    assert first.buildings == 3  # two houses and the seam-cut half
+    assert run(factory, job_id, 1, border_model_predict, border_model).merge
+    assert chunk.finish_job(factory, job_id) == "done"
+    with factory() as s:
+        areas = s.scalars(select(tables.Building.area_m2).where(tables.Building.job_id == job_id))
+        px_m2 = (0.2986 * np.cos(np.radians(6.05))) ** 2
+        found = sorted(round(a / px_m2) for a in areas)
+    assert found == pytest.approx([2200, 2800, 6000], rel=0.03)
 
 
 def test_cancelled_job_writes_nothing_and_failure_keeps_written_chunks(factory) -> None:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import mercantile
 import numpy as np
 import pytest
-from shapely.geometry import MultiPolygon, box
+import shapely
+from rasterio import features
+from shapely.geometry import MultiPolygon, box, shape
 
 from tilesight.jobs.merge import pixel_degrees, seam_lines
 from tilesight.jobs.vectorize import (
     CleanParams,
     building_channel,
     mosaic_origin,
+    outlines,
     stitch,
+    stitch_classes,
     vectorize,
 )
+from tilesight.model.data import border_mask
+from tilesight.model.instances import split_instances
 
 Z, X0, Y0 = 19, 319292, 270960
 TILES = [(X0 + dx, Y0 + dy, Z) for dy in range(2) for dx in range(2)]
@@ -98,3 +104,68 @@ def test_two_chunks_trace_halves_that_meet_on_the_seam() -> None:
 def test_building_channel_by_name() -> None:
     assert building_channel([{"name": "background"}, {"name": "building"}], 2) == 1
     assert building_channel(None, 1) == 0
+
+
+BORDER_MODEL = [{"name": "building"}, {"name": "border"}]
+
+
+def two_class_tiles(*rects: tuple[int, int, int, int]) -> dict:
+    """Per-tile [2, 256, 256] probabilities of a border model that sees these buildings
+    exactly: building 0.9 on each, border 0.9 where two of them meet (as trained)."""
+    truth = np.zeros((512, 512), np.int32)
+    for i, (r0, c0, r1, c1) in enumerate(rects, start=1):
+        truth[r0:r1, c0:c1] = i
+    both = np.stack([truth > 0, border_mask(truth, width=2)]).astype(np.float32) * 0.9
+    rows = lambda t: slice((t[1] - Y0) * 256, (t[1] - Y0 + 1) * 256)  # noqa: E731
+    cols = lambda t: slice((t[0] - X0) * 256, (t[0] - X0 + 1) * 256)  # noqa: E731
+    return {t: both[:, rows(t), cols(t)] for t in TILES}
+
+
+def test_touching_houses_of_a_border_model_are_two_polygons() -> None:
+    # two houses sharing a wall on the vertical tile edge, both across the horizontal one
+    probs = two_class_tiles((236, 200, 276, 256), (236, 256, 276, 300))
+    transform = mosaic_origin(TILES, 256)[4]
+    mosaic, border = stitch_classes(probs, TILES, BORDER_MODEL, 256)
+    assert border is not None
+    found = vectorize(mosaic, transform, world(), CleanParams(), border)
+    px_m2 = (0.2986 * np.cos(np.radians(6.05))) ** 2
+    assert sorted(round(f.area_m2 / px_m2) for f in found) == pytest.approx([1760, 2240], rel=0.03)
+    assert all(len(f.geom.exterior.coords) == 5 for f in found)  # still rectangles
+    assert found[0].geom.intersection(found[1].geom).area < 1e-12  # they share only a wall
+    # a model without the border class sees one blob, as before
+    single = {t: p[:1] for t, p in probs.items()}
+    mosaic, border = stitch_classes(single, TILES, [{"name": "building"}], 256)
+    assert border is None
+    assert len(vectorize(mosaic, transform, world(), CleanParams(), border)) == 1
+
+
+def test_stitch_classes_picks_the_channels_by_name() -> None:
+    probs = two_class_tiles((10, 10, 50, 50), (10, 50, 50, 90))
+    mosaic, border = stitch_classes(probs, TILES, BORDER_MODEL, 256)
+    assert mosaic[30, 30] == pytest.approx(0.9) and border[30, 30] == 0
+    assert border[30, 50] == pytest.approx(0.9)
+    # background-first models hold the building in channel 1 and no border
+    background_first = [{"name": "background"}, {"name": "building"}]
+    mosaic, border = stitch_classes(probs, TILES, background_first, 256)
+    assert border is None and mosaic[30, 50] == pytest.approx(0.9) and mosaic[30, 30] == 0
+
+
+def test_blob_by_blob_outlines_equal_a_split_of_the_whole_mosaic() -> None:
+    rects = [
+        (20, 20, 60, 60), (20, 60, 60, 100), (60, 20, 90, 100),  # three touching
+        (200, 240, 260, 270), (200, 270, 230, 330),  # an L-shaped pair across a tile edge
+        (240, 290, 258, 320),  # on its own, in the crook of the L
+        (400, 400, 440, 460),  # on its own
+    ]  # fmt: skip
+    probs = two_class_tiles(*rects)
+    mosaic, border = stitch_classes(probs, TILES, BORDER_MODEL, 256)
+    mosaic[300:305, 100:106] = border[300:305, 100:106] = 0.8  # a shed the model calls border
+    mosaic[450:452, 10:12] = 0.9  # a speck (vectorize drops it by area)
+    transform = mosaic_origin(TILES, 256)[4]
+    labels = split_instances(mosaic, border, 0.5, min_area=10)
+    whole = features.shapes(labels, mask=labels > 0, connectivity=4, transform=transform)
+    key = lambda p: shapely.normalize(shapely.set_precision(p, 1e-3)).wkt  # noqa: E731 (mm)
+    expected = sorted(key(shape(g)) for g, _ in whole)
+    traced = outlines(mosaic, border, transform, 0.5, 10)
+    found = [p for p in traced if p.area >= 10 * transform.a**2]
+    assert len(found) == 8 and sorted(key(p) for p in found) == expected

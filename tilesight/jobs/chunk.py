@@ -30,9 +30,8 @@ from tilesight.jobs.plan import Tile
 from tilesight.jobs.vectorize import (
     CleanParams,
     Footprint,
-    building_channel,
     mosaic_origin,
-    stitch,
+    stitch_classes,
     vectorize,
 )
 
@@ -102,14 +101,9 @@ def run_chunk(
     t0 = time.perf_counter()
     probs, stage_times = predict(tiles)
     t1 = time.perf_counter()
-    channel = None
-    layers: dict[Tile, np.ndarray] = {}
-    for tile, p in probs.items():
-        channel = building_channel(classes, p.shape[0]) if channel is None else channel
-        layers[tile] = p[channel]
-    mosaic = stitch(layers, tiles, tilesize)
+    mosaic, border = stitch_classes(probs, tiles, classes, tilesize)
     transform = mosaic_origin(tiles, tilesize)[4]
-    footprints = vectorize(mosaic, transform, aoi, params)
+    footprints = vectorize(mosaic, transform, aoi, params, border)
     t2 = time.perf_counter()
     # the predictor may split its time into read and infer; otherwise it all counts as infer
     timings = {"infer": round(t1 - t0, 4), **stage_times, "vectorize": round(t2 - t1, 4)}

@@ -6,11 +6,16 @@ one polygon and an outline cut by the chunk's edge ends exactly on the seam line
 where the merge step finds its other half. Cleaning works in Web-Mercator metres
 scaled by cos(latitude), i.e. in ground metres, so the thresholds mean the same at
 any latitude.
+
+A model with the border class also predicts the band where two roofs meet; its outlines
+come from `split_instances`, one polygon per building instance, so two touching houses
+are two features rather than one blob.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,7 @@ from shapely.geometry import shape as to_shape
 from shapely.geometry.polygon import orient
 
 from tilesight.jobs.plan import GEOD, Tile
+from tilesight.model.instances import border_channel, split_instances
 
 TO_MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
 TO_LONLAT = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
@@ -86,13 +92,33 @@ def building_channel(classes: list[dict[str, Any]] | None, channels: int) -> int
     return channels - 1
 
 
+def stitch_classes(
+    probs: dict[Tile, np.ndarray],
+    tiles: list[Tile],
+    classes: list[dict[str, Any]] | None,
+    tilesize: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The building mosaic of [C, H, W] tile probabilities, and the border mosaic when
+    the model has that class (None otherwise)."""
+    channels = next(iter(probs.values())).shape[0] if probs else 1
+    building = building_channel(classes, channels)
+    border = border_channel(classes, channels)
+    mosaic = stitch({t: p[building] for t, p in probs.items()}, tiles, tilesize)
+    if border is None:
+        return mosaic, None
+    return mosaic, stitch({t: p[border] for t, p in probs.items()}, tiles, tilesize)
+
+
 def vectorize(
     mosaic: np.ndarray,
     transform: Affine,
     aoi: MultiPolygon,
     params: CleanParams,
+    border: np.ndarray | None = None,
 ) -> list[Footprint]:
-    """Threshold, trace, clean, clip to the AOI; polygons in EPSG:4326 with confidence."""
+    """Threshold, trace, clean, clip to the AOI; polygons in EPSG:4326 with confidence.
+
+    With a `border` mosaic, touching buildings are split along it before tracing."""
     mask = mosaic >= params.threshold
     if not mask.any():
         return []
@@ -106,10 +132,8 @@ def vectorize(
     aoi_merc = _to_mercator(aoi)
     shapely.prepare(aoi_merc)
     out: list[Footprint] = []
-    for geojson, _ in features.shapes(
-        mask.astype(np.uint8), mask=mask, connectivity=4, transform=transform
-    ):
-        poly = to_shape(geojson)
+    min_area_px = max(math.ceil(min_area / res**2), 1)
+    for poly in outlines(mosaic, border, transform, params.threshold, min_area_px):
         if poly.area < min_area:
             continue
         confidence = _mean_inside(mosaic, poly, transform)
@@ -126,6 +150,43 @@ def vectorize(
             area_m2 = abs(GEOD.geometry_area_perimeter(lonlat)[0])
             out.append(Footprint(lonlat, confidence, area_m2))
     return out
+
+
+def outlines(
+    mosaic: np.ndarray,
+    border: np.ndarray | None,
+    transform: Affine,
+    threshold: float,
+    min_area_px: int,
+) -> Iterator[Polygon]:
+    """Traced outlines of the building mask, split into instances along the border.
+
+    `split_instances` never joins or cuts across two separate blobs of the mask, so it
+    runs blob by blob, on the blobs the border touches: the same instances as over the
+    whole mosaic, without labelling a 1024 px mosaic pixel by pixel (seconds per chunk)."""
+    mask = mosaic >= threshold
+    blobs = features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=transform)
+    if border is None:
+        yield from (to_shape(g) for g, _ in blobs)
+        return
+    cut = mask & (border >= threshold)
+    inv = ~transform
+    for geojson, _ in blobs:
+        blob = to_shape(geojson)
+        minx, miny, maxx, maxy = blob.bounds
+        c0, r0 = (round(v) for v in inv @ (minx, maxy))
+        c1, r1 = (round(v) for v in inv @ (maxx, miny))
+        if not cut[r0:r1, c0:c1].any():
+            yield blob
+            continue
+        window = transform @ Affine.translation(c0, r0)
+        inside = features.geometry_mask(
+            [blob], out_shape=(r1 - r0, c1 - c0), transform=window, invert=True
+        )
+        building = np.where(inside, mosaic[r0:r1, c0:c1], 0)
+        labels = split_instances(building, border[r0:r1, c0:c1], threshold, min_area_px)
+        for g, _ in features.shapes(labels, mask=labels > 0, connectivity=4, transform=window):
+            yield to_shape(g)
 
 
 def square_off(poly: Polygon, min_fill: float) -> Polygon:
