@@ -27,6 +27,17 @@ def _pairs(imagery: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
     return list(zip(imagery, labels, strict=True))
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _weights(text: str) -> tuple[float, ...] | None:
+    try:
+        return tuple(float(w) for w in _names(text)) or None
+    except ValueError as exc:
+        raise typer.BadParameter(f"class weights are numbers, got {text!r}") from exc
+
+
 @app.command()
 def train(
     imagery: list[Path] = typer.Option(..., "--imagery", "-i", help="chip folder or raster"),
@@ -41,6 +52,20 @@ def train(
     zoom: int = typer.Option(19, help="the model's native Web-Mercator zoom"),
     buffer: int = typer.Option(32, help="context pixels each side of a tile"),
     border: bool = typer.Option(False, help="add a border class between touching buildings"),
+    classes: str = typer.Option(
+        "", help="multi-class: comma-separated class names, background first (default: buildings)"
+    ),
+    class_property: str = typer.Option(
+        "class", help="multi-class polygons: property naming the class"
+    ),
+    class_weights: str = typer.Option(
+        "", help="multi-class: comma-separated loss weight per class"
+    ),
+    ignore_value: int | None = typer.Option(None, help="label raster value for unlabelled pixels"),
+    hard_negatives_from: Path | None = typer.Option(
+        None, help="version folder whose false positives choose the empty tiles kept"
+    ),
+    monitor: str = typer.Option("pixel_iou", help="tune-split score for early stopping"),
     width: int = typer.Option(8, help="U-Net channels at full resolution"),
     depth: int = typer.Option(4, help="U-Net levels (input must be a multiple of 2**depth)"),
     epochs: int = typer.Option(40),
@@ -78,7 +103,11 @@ def train(
         run = TrainingRun(
             sources=_pairs(imagery, labels),
             model_repo=model_repo, model_name=name,
-            chips=ChipSpec(zoom=zoom, buffer=buffer, border=border),
+            chips=ChipSpec(
+                zoom=zoom, buffer=buffer, border=border, classes=_names(classes),
+                class_property=class_property, ignore_value=ignore_value,
+            ),
+            hard_negatives_from=hard_negatives_from,
             width=width, depth=depth, cache_dir=cache_dir, block_zoom=block_zoom,
             val_fraction=val_fraction, empty_ratio=empty_ratio, init_from=init_from,
             tune_fraction=tune_fraction,
@@ -87,6 +116,7 @@ def train(
                 workers=workers, seed=seed, compile=compile, distributed=distributed,
                 freeze_encoder_epochs=freeze_encoder_epochs, run_dir=run_dir, resume=resume,
                 max_steps_per_epoch=max_steps_per_epoch,
+                monitor=monitor, class_weights=_weights(class_weights),
             ),
         )  # fmt: skip
         columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
@@ -96,9 +126,10 @@ def train(
             def show(p: TrainProgress) -> None:
                 if p.phase == "epoch" and p.metrics:
                     m = p.metrics
+                    objects = f"  object F1 {m['object_f1']:.3f}" if "object_f1" in m else ""
                     console.print(
                         f"epoch {p.epoch:3d}  val loss {m['loss']:.3f}  IoU {m['pixel_iou']:.3f}"
-                        f"  F1 {m['f1']:.3f}  object F1 {m['object_f1']:.3f}"
+                        f"  F1 {m['f1']:.3f}{objects}"
                     )
                 info = f"loss {p.loss:.3f}" if p.loss is not None else ""
                 bar.update(task, completed=p.fraction, description=f"epoch {p.epoch}", info=info)
@@ -136,10 +167,11 @@ def evaluate(
 
 def _print_scores(model: dict, baselines: dict) -> None:
     keys = ["pixel_iou", "precision", "recall", "f1", "object_f1"]
+    keys = [k for k in keys if k in model] + sorted(k for k in model if k.startswith("iou_"))
     table = Table("", *keys)
     table.add_row("model", *(f"{model[k]:.3f}" for k in keys))
     for name, scores in baselines.items():
-        table.add_row(name, *(f"{scores[k]:.3f}" for k in keys))
+        table.add_row(name, *(f"{scores.get(k, float('nan')):.3f}" for k in keys))
     console.print(table)
 
 

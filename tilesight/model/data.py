@@ -14,27 +14,24 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mercantile
 import numpy as np
 import shapely
 import torch
 from torch.utils.data import Dataset
 
 from tilesight.errors import InvalidInput
+from tilesight.model.labels import IGNORE, LabelSet, load_labels
 from tilesight.model.sources import (
     Tile,
     TileReader,
-    load_footprints,
     open_imagery,
     prepare_tiles,
     rasterize_instances,
 )
-
-IGNORE = 255
 
 
 def border_mask(instances: np.ndarray, width: int = 2) -> np.ndarray:
@@ -58,10 +55,23 @@ class ChipSpec:
     jitter: int = 32  # extra context cached so training can shift the crop
     border: bool = False
     border_width: int = 2
+    # Multi-class segmentation: class names, background first; empty means buildings.
+    classes: tuple[str, ...] = ()
+    class_property: str = "class"  # the polygon property that names a class
+    ignore_value: int | None = None  # the label raster's value for "not labelled"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if self.classes and self.border:
+            raise InvalidInput("the border class is for building footprints, not multi-class")
 
     @property
     def context(self) -> int:
         return self.buffer + self.jitter
+
+    @property
+    def multiclass(self) -> bool:
+        return bool(self.classes)
 
 
 @dataclass
@@ -69,7 +79,7 @@ class Chip:
     source: str
     tile: Tile
     path: Path
-    buildings: int  # footprints whose pixels fall inside the tile proper
+    buildings: int  # footprints (multi-class: foreground classes) inside the tile proper
 
 
 def block_of(tile: Tile, block_zoom: int) -> Tile:
@@ -110,50 +120,76 @@ def _cache_key(*parts: object) -> str:
 
 def cache_chips(
     reader: TileReader,
-    geoms: Sequence[shapely.Geometry],
+    labels: LabelSet | Sequence[shapely.Geometry],
     tiles: Sequence[Tile],
     spec: ChipSpec,
     cache_dir: Path,
     exclude: frozenset[Tile] = frozenset(),
 ) -> list[Chip]:
-    """Read and rasterise each tile once; later runs load the .npz files instead."""
-    tree = shapely.STRtree(geoms)
+    """Read and rasterise each tile once; later runs load the .npz files instead.
+
+    Building chips hold footprint instance ids; multi-class chips a class map."""
+    if not isinstance(labels, LabelSet):
+        labels = LabelSet(list(labels))
+    if labels.multiclass != spec.multiclass:
+        raise InvalidInput("class names are given but the labels are footprints, or vice versa")
     cache_dir.mkdir(parents=True, exist_ok=True)
     chips = []
     c, s = spec.context, spec.tile_size
+    fingerprint = labels.fingerprint()
     for tile in tiles:
         near = sorted(t for t in exclude if max(abs(t[0] - tile[0]), abs(t[1] - tile[1])) <= 1)
-        key = _cache_key(reader.name, tile, asdict(spec), near, len(geoms))
+        key = _cache_key(reader.name, tile, asdict(spec), near, fingerprint)
         path = cache_dir / f"{reader.name}-{tile[2]}-{tile[0]}-{tile[1]}-{key}.npz"
         if not path.exists():
             image, valid = reader.read(tile, c, exclude)
-            b = mercantile.xy_bounds(*tile)
-            pad = (b.right - b.left) / s * c
-            box = shapely.box(b.left - pad, b.bottom - pad, b.right + pad, b.top + pad)
-            hits = [geoms[i] for i in tree.query(box, predicate="intersects")]
-            inst = rasterize_instances(hits, tile, s, c)
+            if spec.multiclass:
+                target = {"classes": labels.class_map(tile, s, c)}
+            else:
+                hits = [labels.geoms[i] for i in labels.near(tile, s, c)]
+                target = {"instances": rasterize_instances(hits, tile, s, c)}
             # unique per process: torchrun ranks or two jobs may cache the same chip at once
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez_compressed(tmp, image=image, valid=valid, instances=inst)
+            np.savez_compressed(tmp, image=image, valid=valid, **target)
             tmp.rename(path)
         with np.load(path) as z:
-            core = z["instances"][c : c + s, c : c + s]
-        chips.append(Chip(reader.name, tile, path, int(len(np.unique(core[core > 0])))))
+            if spec.multiclass:
+                core = z["classes"][c : c + s, c : c + s]
+                found = np.unique(core[(core > 0) & (core != IGNORE)])
+            else:
+                core = z["instances"][c : c + s, c : c + s]
+                found = np.unique(core[core > 0])
+        chips.append(Chip(reader.name, tile, path, int(len(found))))
     return chips
 
 
-def keep_empty(chips: list[Chip], ratio: float, seed: int) -> list[Chip]:
-    """All chips with buildings plus at most `ratio` empty chips per non-empty one."""
+#: Scores empty chips for hard-negative mining: higher = more wrongly predicted pixels.
+EmptyRanker = Callable[[Sequence[Chip]], Sequence[float]]
+
+
+def keep_empty(
+    chips: list[Chip], ratio: float, seed: int, rank: EmptyRanker | None = None
+) -> list[Chip]:
+    """All chips with buildings plus at most `ratio` empty chips per non-empty one.
+
+    Empty chips are drawn at random, or with `rank` (hard-negative mining) the ones a
+    model gets most wrong come first: bright roads, bare soil and shadows that look like
+    roofs teach more than a hundredth field of grass."""
     full = [c for c in chips if c.buildings]
     empty = [c for c in chips if not c.buildings]
     random.Random(seed).shuffle(empty)
+    if rank is not None and empty:
+        scores = list(rank(empty))
+        order = sorted(range(len(empty)), key=lambda i: -scores[i])
+        empty = [empty[i] for i in order]
     return full + empty[: int(round(ratio * len(full)))]
 
 
 class ChipDataset(Dataset):
-    """Chips as tensors: uint8 image [3, S, S], float target [C, S, S] (IGNORE where the
-    pixel has no imagery), int32 instances [S, S]. S = tile_size + 2 * buffer; training
-    crops at a random offset within the cached jitter, evaluation crops the centre."""
+    """Chips as tensors: uint8 image [3, S, S], target (buildings: float [C, S, S];
+    multi-class: int64 class index [S, S]; IGNORE where the pixel has no imagery or no
+    label), int32 instances [S, S]. S = tile_size + 2 * buffer; training crops at a random
+    offset within the cached jitter, evaluation crops the centre."""
 
     def __init__(self, chips: Sequence[Chip], spec: ChipSpec, train: bool, seed: int = 0):
         self.chips, self.spec, self.train = list(chips), spec, train
@@ -165,7 +201,8 @@ class ChipDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         spec = self.spec
         with np.load(self.chips[i].path) as z:
-            image, valid, inst = z["image"], z["valid"], z["instances"]
+            image, valid = z["image"], z["valid"]
+            inst = z["classes"] if spec.multiclass else z["instances"]
         size = spec.tile_size + 2 * spec.buffer
         if self.train and spec.jitter:
             r, c = self.rng.integers(0, 2 * spec.jitter + 1, size=2)
@@ -174,9 +211,13 @@ class ChipDataset(Dataset):
         image = image[:, r : r + size, c : c + size]
         valid = valid[r : r + size, c : c + size]
         inst = inst[r : r + size, c : c + size]
-        layers = [inst > 0] + ([border_mask(inst, spec.border_width)] if spec.border else [])
-        target = np.stack(layers).astype(np.float32)
-        target[:, ~valid] = IGNORE
+        if spec.multiclass:  # class indices, long [S, S]
+            target = np.where(valid, inst, IGNORE).astype(np.int64)
+            inst = np.zeros(inst.shape, np.int32)
+        else:  # one float layer per class, [C, S, S]
+            layers = [inst > 0] + ([border_mask(inst, spec.border_width)] if spec.border else [])
+            target = np.stack(layers).astype(np.float32)
+            target[:, ~valid] = IGNORE
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "target": torch.from_numpy(target),
@@ -203,6 +244,7 @@ def prepare(
     empty_ratio: float = 0.25,
     seed: int = 0,
     tune_fraction: float = 0.0,
+    rank_empty: EmptyRanker | None = None,
 ) -> Prepared:
     """Cover each (imagery, labels) pair's labelled area with tiles, split by blocks,
     and cache chips; training chips are read with held-out tiles blanked out.
@@ -214,11 +256,17 @@ def prepare(
         reader = open_imagery(imagery)
         if reader.name in readers:
             raise InvalidInput(f"two sources are named {reader.name}; rename one folder")
-        geoms = load_footprints(labels)
-        found = prepare_tiles(reader, geoms, spec.zoom)
-        readers[reader.name], footprints[reader.name] = reader, geoms
+        found_labels = load_labels(labels, spec.classes, spec.class_property, spec.ignore_value)
+        found = prepare_tiles(reader, found_labels.extent(), spec.zoom)
+        readers[reader.name], footprints[reader.name] = reader, found_labels
         tiles += [(reader.name, t) for t in found]
     train_keys, val_keys = split_by_blocks(tiles, block_zoom, val_fraction, seed)
+    if not val_keys:
+        raise InvalidInput(
+            f"the labelled area fits in one block of zoom-{block_zoom} tiles, so nothing is "
+            f"left to validate on; label a larger area or raise block_zoom (up to {spec.zoom})",
+            block_zoom=block_zoom,
+        )
     tune_keys: set[tuple[str, Tile]] = set()
     if tune_fraction:
         train_keys, tune_keys = split_by_blocks(train_keys, block_zoom, tune_fraction, seed + 1)
@@ -231,7 +279,7 @@ def prepare(
         train += cache_chips(reader, fn, t_tiles, spec, sub, frozenset(v_tiles + u_tiles))
         tune += cache_chips(reader, fn, u_tiles, spec, sub, frozenset(v_tiles))
         val += cache_chips(reader, fn, v_tiles, spec, sub)
-    kept = keep_empty(train, empty_ratio, seed)
+    kept = keep_empty(train, empty_ratio, seed, rank_empty)
     summary = {
         "method": f"blocks of tiles at zoom {block_zoom}, whole blocks to validation per "
         f"source (seed {seed}, target fraction {val_fraction}); training chips read with "
@@ -241,6 +289,7 @@ def prepare(
         "seed": seed,
         "val_fraction": val_fraction,
         "empty_ratio": empty_ratio,
+        "empty_chosen": "hard negatives (most false positives first)" if rank_empty else "random",
         "train_tiles": len(kept),
         "train_tiles_empty_dropped": len(train) - len(kept),
         "val_tiles": len(val),

@@ -8,6 +8,7 @@ as the model, so the metadata says how much the network adds over trivial rules.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from torch.utils.data import DataLoader
 from tilesight.errors import InvalidInput
 from tilesight.model.data import IGNORE, Chip, ChipDataset, ChipSpec, cache_chips, prepare
 from tilesight.model.export import export_model, load_model, read_metadata
+from tilesight.model.labels import load_labels
 from tilesight.model.metrics import (
+    ClassConfusion,
     SegmentationMetrics,
     apply_colour_threshold,
     fit_colour_threshold,
 )
-from tilesight.model.sources import load_footprints, open_imagery, prepare_tiles
+from tilesight.model.sources import open_imagery, prepare_tiles
 from tilesight.model.train import (
     ProgressCallback,
     TrainConfig,
@@ -37,6 +40,24 @@ from tilesight.model.unet import SegmentationModel, UNetConfig
 
 BUILDING_CLASSES = [{"name": "building", "color": "#ff3b30"}]
 BORDER_CLASS = {"name": "border", "color": "#ffd60a"}
+#: Colours for common land-cover names; other classes take the next of PALETTE.
+KNOWN_COLOURS = {
+    "building": "#ff3b30", "water": "#1f78b4", "tree": "#1b7837", "trees": "#1b7837",
+    "forest": "#1b7837", "grass": "#a6dba0", "impervious": "#8c8c8c", "road": "#8c8c8c",
+    "bare": "#d9b38c", "cropland": "#fee08b",
+}  # fmt: skip
+PALETTE = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf"]
+
+
+def class_entries(spec: ChipSpec) -> list[dict[str, str]]:
+    """The `classes` of metadata.json: names and colours the overlay draws them in."""
+    if not spec.multiclass:
+        return BUILDING_CLASSES + ([BORDER_CLASS] if spec.border else [])
+    spare = iter(PALETTE * 4)
+    return [
+        {"name": n, "color": "#000000" if i == 0 else KNOWN_COLOURS.get(n.lower()) or next(spare)}
+        for i, n in enumerate(spec.classes)
+    ]
 
 
 @dataclass
@@ -56,17 +77,23 @@ class TrainingRun:
     empty_ratio: float = 0.25
     tune_fraction: float = 0.2  # of training blocks, for early stopping; 0: last epoch
     init_from: Path | None = None  # a version folder to fine-tune from
+    hard_negatives_from: Path | None = None  # a version folder whose false positives pick
     export: bool = True
 
 
 def _core(chip: Chip, spec: ChipSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tile proper of a chip: image, labels (instances or classes), valid pixels."""
     c, s = spec.context, spec.tile_size
+    keys = ("image", "classes" if spec.multiclass else "instances", "valid")
     with np.load(chip.path) as z:
-        return tuple(z[k][..., c : c + s, c : c + s] for k in ("image", "instances", "valid"))
+        return tuple(z[k][..., c : c + s, c : c + s] for k in keys)
 
 
 def baselines(train_chips: list[Chip], val_chips: list[Chip], spec: ChipSpec, min_area: int):
-    """Scores of 'no buildings anywhere' and of the best colour rule (fitted on train)."""
+    """Scores of 'no buildings anywhere' and of the best colour rule (fitted on train);
+    for multi-class, 'background everywhere' and 'the commonest training class everywhere'."""
+    if spec.multiclass:
+        return _class_baselines(train_chips, val_chips, spec)
     fit = [_core(c, spec) for c in train_chips]
     rule = fit_colour_threshold([i for i, _, _ in fit], [np.where(v, t, 0) for _, t, v in fit])
     empty, colour = SegmentationMetrics(min_area), SegmentationMetrics(min_area)
@@ -78,6 +105,45 @@ def baselines(train_chips: list[Chip], val_chips: list[Chip], spec: ChipSpec, mi
         "all_background": empty.scores(),
         "colour_threshold": {**colour.scores(), "rule": rule},
     }
+
+
+def _class_baselines(train_chips: list[Chip], val_chips: list[Chip], spec: ChipSpec) -> dict:
+    n = len(spec.classes)
+    counts = np.zeros(n, np.int64)
+    for chip in train_chips:
+        _, labels, valid = _core(chip, spec)
+        keep = valid & (labels != IGNORE)
+        counts += np.bincount(labels[keep].ravel(), minlength=n)[:n]
+    common = int(counts.argmax())
+    out = {}
+    for name, cls in (("all_background", 0), ("majority_class", common)):
+        confusion = ClassConfusion(spec.classes)
+        for chip in val_chips:
+            _, labels, valid = _core(chip, spec)
+            confusion.update(np.full(labels.shape, cls), np.where(valid, labels, IGNORE))
+        out[name] = {**confusion.scores(), "class": spec.classes[cls]}
+    return out
+
+
+def hard_negative_ranker(version_dir: Path, spec: ChipSpec, threshold: float | None = None):
+    """Scores empty chips by the pixels the model at `version_dir` calls building there:
+    every such pixel is a false positive, so the highest scores are the hard negatives."""
+    model, meta = load_model(version_dir)
+    if model.config.activation == "softmax" or spec.multiclass:
+        raise InvalidInput("hard negatives are mined for building models, not multi-class ones")
+    cut = threshold if threshold is not None else meta["threshold"]
+    b = spec.buffer
+
+    def rank(chips: Sequence[Chip]) -> list[float]:
+        loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
+        scores: list[float] = []
+        with torch.inference_mode():
+            for batch in loader:
+                prob = model(batch["image"])[:, 0, b : -b or None, b : -b or None]
+                scores += (prob >= cut).flatten(1).sum(1).float().tolist()
+        return scores
+
+    return rank
 
 
 def data_licence(imagery: Path) -> dict[str, str]:
@@ -151,11 +217,13 @@ def transfer_weights(
 
 def build_model(run: TrainingRun) -> tuple[SegmentationModel, dict[str, Any] | None]:
     """The model a run trains, and what it took from `run.init_from` (None: fresh)."""
-    classes = 2 if run.chips.border else 1
-    model = SegmentationModel(UNetConfig(classes=classes, width=run.width, depth=run.depth))
+    classes = len(class_entries(run.chips))
+    activation = "softmax" if run.chips.multiclass else "sigmoid"
+    config = UNetConfig(classes=classes, width=run.width, depth=run.depth, activation=activation)
+    model = SegmentationModel(config)
     if run.init_from is None:
         return model, None
-    names = [c["name"] for c in BUILDING_CLASSES + ([BORDER_CLASS] if run.chips.border else [])]
+    names = [c["name"] for c in class_entries(run.chips)]
     return transfer_weights(model.config, run.init_from, names)
 
 
@@ -177,11 +245,14 @@ def _train_and_export(
 ) -> tuple[Path | None, dict[str, Any]]:
     spec = run.chips
     torch.manual_seed(run.loop.seed)
+    rank = None
+    if run.hard_negatives_from is not None:
+        rank = hard_negative_ranker(run.hard_negatives_from, spec)  # at its own threshold
     if run.loop.distributed and process_rank > 0:
         dist.barrier()  # rank 0 cuts and caches the chips; the others then read its cache
     data = prepare(
         run.sources, spec, Path(run.cache_dir), run.block_zoom, run.val_fraction,
-        run.empty_ratio, run.loop.seed, run.tune_fraction,
+        run.empty_ratio, run.loop.seed, run.tune_fraction, rank,
     )  # fmt: skip
     if run.loop.distributed and process_rank == 0:
         dist.barrier()
@@ -197,8 +268,13 @@ def _train_and_export(
     if process_rank != 0:  # one version per run: rank 0 scores and exports it
         return None, {}
     loader = DataLoader(val_set, batch_size=run.loop.batch_size)
-    final = evaluate_model(result.model, loader, spec.buffer, run.loop.threshold, run.loop.min_area)
-    classes = BUILDING_CLASSES + ([BORDER_CLASS] if spec.border else [])
+    weights = run.loop.class_weights
+    final = evaluate_model(
+        result.model, loader, spec.buffer, run.loop.threshold, run.loop.min_area,
+        class_names=spec.classes,
+        class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
+    )  # fmt: skip
+    classes = class_entries(spec)
     licences = [data_licence(imagery) for imagery, _ in run.sources]
     metadata = {
         "classes": classes,
@@ -209,7 +285,12 @@ def _train_and_export(
         "metrics": {
             **{k: round(v, 4) for k, v in final.items()},
             "evaluated_on": f"validation split: {len(data.val)} tiles, core 256 px, "
-            f"components >= {run.loop.min_area} px, object match IoU >= 0.5",
+            + (
+                "class argmax, means over non-background classes"
+                if spec.multiclass
+                else f"components >= {run.loop.min_area} px, object match IoU >= 0.5"
+                + (", objects split along the predicted border" if spec.border else "")
+            ),
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "baselines": _rounded(base),
@@ -231,6 +312,9 @@ def _train_and_export(
             "world_size": result.world_size,
             "effective_batch_size": result.effective_batch,
             "effective_lr": run.loop.lr * result.world_size,  # linear scaling rule
+            "hard_negatives_from": str(run.hard_negatives_from)
+            if run.hard_negatives_from
+            else None,
         },
     }
     if not run.export:
@@ -247,14 +331,24 @@ def evaluate_version(
     threshold: float | None = None,
     min_area: int = 10,
 ) -> dict[str, float]:
-    """Score a model version on every tile of a labelled area at the model's zoom."""
+    """Score a model version on every tile of a labelled area at the model's zoom, with
+    the labels read the way it was trained (footprints, or its classes)."""
     model, meta = load_model(version_dir)
-    spec = ChipSpec(zoom=meta["zoom"], tile_size=meta["tile_size"], buffer=meta["buffer"], jitter=0)
-    reader, geoms = open_imagery(imagery), load_footprints(labels)
-    chips = cache_chips(reader, geoms, prepare_tiles(reader, geoms, spec.zoom), spec, cache_dir)
+    chips_meta = meta.get("hyperparameters", {}).get("chips", {})
+    multiclass = model.config.activation == "softmax"
+    spec = ChipSpec(
+        zoom=meta["zoom"], tile_size=meta["tile_size"], buffer=meta["buffer"], jitter=0,
+        classes=tuple(c["name"] for c in meta["classes"]) if multiclass else (),
+        class_property=chips_meta.get("class_property", "class"),
+        ignore_value=chips_meta.get("ignore_value"),
+    )  # fmt: skip
+    reader = open_imagery(imagery)
+    found = load_labels(labels, spec.classes, spec.class_property, spec.ignore_value)
+    tiles = prepare_tiles(reader, found.extent(), spec.zoom)
+    chips = cache_chips(reader, found, tiles, spec, cache_dir)
     loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
     thr = threshold if threshold is not None else meta["threshold"]
-    scores = evaluate_model(model, loader, spec.buffer, thr, min_area)
+    scores = evaluate_model(model, loader, spec.buffer, thr, min_area, class_names=spec.classes)
     return {**scores, "tiles": len(chips), "ignore_value": IGNORE}
 
 

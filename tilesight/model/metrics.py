@@ -133,22 +133,73 @@ class SegmentationMetrics:
     objects: ObjectCounts = field(default_factory=ObjectCounts)
 
     def update(
-        self, pred_mask: np.ndarray, true_instances: np.ndarray, valid: np.ndarray | None = None
+        self,
+        pred_mask: np.ndarray,
+        true_instances: np.ndarray,
+        valid: np.ndarray | None = None,
+        pred_instances: np.ndarray | None = None,
     ) -> None:
+        """Add one tile. `pred_instances` (e.g. split along a predicted border) replaces
+        the connected components of `pred_mask` as the predicted objects."""
         pred_mask = np.asarray(pred_mask, bool)
         true_instances = np.asarray(true_instances)
         if valid is not None:
             pred_mask = pred_mask & valid
             true_instances = np.where(valid, true_instances, 0)
+            if pred_instances is not None:
+                pred_instances = np.where(valid, pred_instances, 0)
         self.pixels.update(pred_mask, true_instances > 0)
         true = true_instances
         if self.min_area:
             ids, counts = np.unique(true[true > 0], return_counts=True)
             true = np.where(np.isin(true, ids[counts < self.min_area]), 0, true)
-        self.objects.update(label_components(pred_mask, self.min_area), true)
+        if pred_instances is None:
+            pred_instances = label_components(pred_mask, self.min_area)
+        self.objects.update(pred_instances, true)
 
     def scores(self) -> dict[str, float]:
         return {**self.pixels.scores(), **self.objects.scores()}
+
+
+@dataclass
+class ClassConfusion:
+    """A C x C confusion matrix (rows: truth, columns: prediction) for exclusive classes,
+    summed over a split; pixels marked with `ignore` count nowhere."""
+
+    names: tuple[str, ...]
+    ignore: int = 255
+    matrix: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.matrix = np.zeros((len(self.names), len(self.names)), np.int64)
+
+    def update(self, pred: np.ndarray, true: np.ndarray) -> None:
+        pred, true = np.asarray(pred).ravel(), np.asarray(true).ravel()
+        keep = true != self.ignore
+        c = len(self.names)
+        idx = true[keep].astype(np.int64) * c + pred[keep].astype(np.int64)
+        self.matrix += np.bincount(idx, minlength=c * c).reshape(c, c)
+
+    def scores(self) -> dict[str, float]:
+        """Per-class IoU and F1, their means over the non-background classes (class 0 is
+        the background, which would flatter every model), and overall pixel accuracy.
+        `pixel_iou` and `f1` are those means, so early stopping reads one name."""
+        m = self.matrix
+        tp = np.diag(m).astype(float)
+        fp, fn = m.sum(0) - tp, m.sum(1) - tp
+        out: dict[str, float] = {}
+        ious, f1s = [], []
+        for i, name in enumerate(self.names):
+            iou = _ratio(tp[i], tp[i] + fp[i] + fn[i])
+            f1 = _ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])
+            out[f"iou_{name}"], out[f"f1_{name}"] = iou, f1
+            if i > 0 and tp[i] + fp[i] + fn[i] > 0:  # present in truth or prediction
+                ious.append(iou)
+                f1s.append(f1)
+        out["pixel_iou"] = float(np.mean(ious)) if ious else 0.0
+        out["f1"] = float(np.mean(f1s)) if f1s else 0.0
+        out["accuracy"] = _ratio(tp.sum(), m.sum())
+        return out
 
 
 def fit_colour_threshold(images: list[np.ndarray], truths: list[np.ndarray]) -> dict:

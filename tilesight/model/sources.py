@@ -192,20 +192,30 @@ def load_footprints(path: str | Path) -> list[shapely.Geometry]:
     A legacy `crs` member names the CRS (RFC 7946 files are EPSG:4326); features tagged
     `building=no` are dropped, invalid rings repaired rather than rejected.
     """
-    feats, crs = read_features(path)
-    to_3857 = pyproj.Transformer.from_crs(crs, "EPSG:3857", always_xy=True)
-    geoms = []
-    for feat in feats or []:
-        geom, props = feat.get("geometry"), feat.get("properties") or {}
-        if not geom or str(props.get("building", "yes")).lower() == "no":
-            continue
-        g = shapely.make_valid(shape(geom))
-        g = shapely.transform(g, lambda c: np.column_stack(to_3857.transform(c[:, 0], c[:, 1])))
-        parts = getattr(g, "geoms", [g])
-        geoms += [p for p in parts if p.geom_type == "Polygon" and p.area > 0]
+    geoms = [
+        g for g, props in polygons_3857(path) if str(props.get("building", "yes")).lower() != "no"
+    ]
     if not geoms:
         raise InvalidInput(f"labels {path} hold no building polygons")
     return geoms
+
+
+def polygons_3857(path: str | Path) -> list[tuple[shapely.Polygon, dict[str, Any]]]:
+    """Every polygon of a label file in EPSG:3857 with its feature's properties;
+    multipolygons are split and invalid rings repaired rather than rejected."""
+    feats, crs = read_features(path)
+    to_3857 = pyproj.Transformer.from_crs(crs, "EPSG:3857", always_xy=True)
+    out = []
+    for feat in feats:
+        geom, props = feat.get("geometry"), feat.get("properties") or {}
+        if not geom:
+            continue
+        g = shapely.make_valid(shape(geom))
+        g = shapely.transform(g, lambda c: np.column_stack(to_3857.transform(c[:, 0], c[:, 1])))
+        out += [
+            (p, props) for p in getattr(g, "geoms", [g]) if p.geom_type == "Polygon" and p.area > 0
+        ]
+    return out
 
 
 def tile_transform(tile: Tile, tile_size: int, context: int):  # noqa: ANN201 (Affine)

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tilesight.errors import InvalidInput
 from tilesight.model.data import IGNORE
-from tilesight.model.metrics import SegmentationMetrics
+from tilesight.model.instances import split_instances
+from tilesight.model.metrics import ClassConfusion, SegmentationMetrics
 from tilesight.model.unet import SegmentationModel
 
 
@@ -54,6 +55,7 @@ class TrainConfig:
     distributed: bool = False  # set when launched under torchrun
     freeze_encoder_epochs: int = 0
     max_steps_per_epoch: int | None = None  # tests and benchmarks cut epochs short
+    class_weights: tuple[float, ...] | None = None  # multi-class: loss weight per class
     run_dir: Path = field(default_factory=lambda: Path("runs/latest"))
     resume: bool = True
 
@@ -67,6 +69,8 @@ class TrainConfig:
             "patience": self.patience >= 1,
             "workers": 0 <= self.workers <= 64,
             "monitor": self.monitor in {"pixel_iou", "f1", "object_f1", "loss"},
+            "class_weights": self.class_weights is None
+            or (len(self.class_weights) > 0 and all(0 <= w <= 1000 for w in self.class_weights)),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -152,9 +156,10 @@ def augment(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     for i in range(b):
         k = int(torch.randint(0, 4, ()))
         flip = bool(torch.randint(0, 2, ()))
-        im, tg = torch.rot90(image[i], k, (1, 2)), torch.rot90(target[i], k, (1, 2))
+        plane = (target.ndim - 3, target.ndim - 2)  # [C, H, W] layers or an [H, W] class map
+        im, tg = torch.rot90(image[i], k, (1, 2)), torch.rot90(target[i], k, plane)
         if flip:
-            im, tg = im.flip(2), tg.flip(2)
+            im, tg = im.flip(2), tg.flip(-1)
         image[i], target[i] = im, tg
     gain = torch.empty(b, 1, 1, 1, device=image.device).uniform_(0.8, 1.2)  # contrast
     bias = torch.empty(b, 1, 1, 1, device=image.device).uniform_(-20, 20)  # brightness
@@ -163,11 +168,19 @@ def augment(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice_weight: float = 1.0,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCE for per-pixel calibration plus soft Dice, which keeps small, rare buildings
-    from being drowned by background; pixels marked IGNORE count in neither."""
+    from being drowned by background; pixels marked IGNORE count in neither.
+
+    A class-index target (int64 [B, H, W]) means exclusive classes: cross-entropy with
+    `class_weights` against imbalance, plus Dice over the foreground classes."""
     logits = logits.float()
+    if not target.is_floating_point():
+        return multiclass_loss(logits, target, dice_weight, class_weights)
     valid = (target != IGNORE).float()
     target = target.clamp(0, 1) * valid
     bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
@@ -179,6 +192,26 @@ def segmentation_loss(
     return bce + dice_weight * dice
 
 
+def multiclass_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice_weight: float = 1.0,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    valid = target != IGNORE
+    if not valid.any():  # a batch of unlabelled pixels teaches nothing
+        return logits.sum() * 0.0
+    weight = class_weights.to(logits.device) if class_weights is not None else None
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+    prob = torch.softmax(logits, dim=1) * valid.unsqueeze(1)
+    onehot = F.one_hot(torch.where(valid, target, 0), logits.shape[1]).permute(0, 3, 1, 2)
+    onehot = onehot.float() * valid.unsqueeze(1)
+    inter = (prob * onehot).sum(dim=(0, 2, 3))[1:]
+    denom = (prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)))[1:]
+    dice = 1 - ((2 * inter + 1) / (denom + 1)).mean() if logits.shape[1] > 1 else 0.0
+    return ce + dice_weight * dice
+
+
 def evaluate_model(
     model: SegmentationModel,
     loader: DataLoader,
@@ -187,23 +220,36 @@ def evaluate_model(
     min_area: int = 10,
     device: torch.device | None = None,
     autocast: Any = None,
+    class_names: tuple[str, ...] = (),
+    class_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Loss and metrics on the tile proper (context pixels are for the model only)."""
+    """Loss and metrics on the tile proper (context pixels are for the model only).
+
+    Buildings: pixel and object scores, objects split along the predicted border when
+    the model has that class. Multi-class: per-class IoU/F1 and their means, from the
+    argmax of the class probabilities (`class_names` given)."""
     device = device or next(model.parameters()).device
-    metrics = SegmentationMetrics(min_area=min_area)
+    metrics: SegmentationMetrics | ClassConfusion
+    metrics = ClassConfusion(class_names) if class_names else SegmentationMetrics(min_area)
+    has_border = model.config.classes > 1 and not class_names
     losses, model_was_training = [], model.training
     model.eval()
+    core = (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
     with torch.inference_mode(), autocast or nullcontext():
         for batch in loader:
             logits = model.logits(batch["image"].to(device))
             target = batch["target"].to(device)
-            losses.append(float(segmentation_loss(logits, target)))
-            prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-            inst = batch["instances"].numpy()
-            valid = batch["target"][:, 0].numpy() != IGNORE
-            core = (slice(buffer, -buffer or None),) * 2
+            losses.append(float(segmentation_loss(logits, target, class_weights=class_weights)))
+            if isinstance(metrics, ClassConfusion):
+                pred = logits.float().argmax(dim=1).cpu().numpy()
+                metrics.update(pred[core], batch["target"].numpy()[core])
+                continue
+            prob = torch.sigmoid(logits.float()).cpu().numpy()[core]
+            inst = batch["instances"].numpy()[core]
+            valid = batch["target"][:, 0].numpy()[core] != IGNORE
             for p, t, v in zip(prob, inst, valid, strict=True):
-                metrics.update(p[core] >= threshold, t[core], v[core])
+                objects = split_instances(p[0], p[1], threshold, min_area) if has_border else None
+                metrics.update(p[0] >= threshold, t, v, objects)
     model.train(model_was_training)
     return {"loss": float(np.mean(losses)) if losses else 0.0, **metrics.scores()}
 
@@ -242,8 +288,10 @@ def _fit(
     rank: int,
     world: int,
 ) -> TrainResult:
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
+    # A seed per rank: each process draws its own flips, crops and colour changes (DDP
+    # copies rank 0's weights to the others when it wraps the model, so they start equal).
+    torch.manual_seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
     device = resolve_device(config.device)
     if config.distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -251,6 +299,15 @@ def _fit(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
+    spec = getattr(train_set, "spec", None)  # a ChipDataset knows the class names
+    class_names: tuple[str, ...] = spec.classes if spec is not None else ()
+    class_weights = None
+    if config.class_weights is not None:
+        if len(config.class_weights) != model.config.classes:
+            raise InvalidInput(
+                f"{len(config.class_weights)} class weights for {model.config.classes} classes"
+            )
+        class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
 
     # Each rank draws a disjoint share of equal length (the tail is dropped, not padded
     # with repeats), so all ranks take the same number of steps and no collective hangs.
@@ -331,7 +388,7 @@ def _fit(
             image = image.contiguous(memory_format=memory_format)
             with autocast:
                 logits = net(image, return_logits=True)
-                loss = segmentation_loss(logits, target, config.dice_weight)
+                loss = segmentation_loss(logits, target, config.dice_weight, class_weights)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -351,10 +408,11 @@ def _fit(
         }
         if rank == 0:
             scores = evaluate_model(
-                model, val_loader, buffer, config.threshold, config.min_area, device, autocast
-            )
+                model, val_loader, buffer, config.threshold, config.min_area, device, autocast,
+                class_names, class_weights,
+            )  # fmt: skip
             record["val"] = scores
-            if _better(config.monitor, scores[config.monitor], best.get(config.monitor)):
+            if _better(config.monitor, scores.get(config.monitor, 0.0), best.get(config.monitor)):
                 best, best_epoch = scores, epoch
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 config.run_dir.mkdir(parents=True, exist_ok=True)
