@@ -53,11 +53,18 @@ def class_entries(spec: ChipSpec) -> list[dict[str, str]]:
     """The `classes` of metadata.json: names and colours the overlay draws them in."""
     if not spec.multiclass:
         return BUILDING_CLASSES + ([BORDER_CLASS] if spec.border else [])
-    spare = iter(PALETTE * 4)
-    return [
-        {"name": n, "color": "#000000" if i == 0 else KNOWN_COLOURS.get(n.lower()) or next(spare)}
-        for i, n in enumerate(spec.classes)
-    ]
+    known = ["#000000"] + [KNOWN_COLOURS.get(n.lower(), "") for n in spec.classes[1:]]
+    # spare colours unlike the known ones first (PALETTE's red beside the building red
+    # would make two classes one on the map), the rest only when classes outnumber them
+    distinct = [c for c in PALETTE if all(_colour_gap(c, k) > 100 for k in known if k)]
+    spare = iter((distinct + [c for c in PALETTE if c not in distinct]) * 4)
+    pairs = zip(spec.classes, known, strict=True)
+    return [{"name": n, "color": k or next(spare)} for n, k in pairs]
+
+
+def _colour_gap(a: str, b: str) -> float:
+    """Euclidean distance of two #rrggbb colours in RGB (0..441)."""
+    return sum((int(a[i : i + 2], 16) - int(b[i : i + 2], 16)) ** 2 for i in (1, 3, 5)) ** 0.5
 
 
 @dataclass
