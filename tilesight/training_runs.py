@@ -1,7 +1,8 @@
 """Training runs as a service: validated on submission, executed by a GPU worker.
 
 Everything that can be wrong with a request (unknown source, labels that are not
-GeoJSON or do not overlap the imagery, hyperparameters out of range) is checked in
+GeoJSON or do not overlap the imagery, class names the labels do not hold, class
+weights that do not match the classes, hyperparameters out of range) is checked in
 `create_run`, before a task is queued and any GPU time is spent. `execute_run` is
 idempotent: checkpoints live in a folder named after the run, so a re-delivered task
 (a worker killed mid-training) resumes from the last finished epoch.
@@ -12,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import mercantile
+import numpy as np
 import shapely
 from shapely.geometry import box
 from sqlalchemy import select
@@ -29,7 +34,7 @@ from tilesight.db import session_scope
 from tilesight.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from tilesight.imagery.register import local_path
 from tilesight.imagery.sources import get_source
-from tilesight.settings import Settings
+from tilesight.settings import PROJECT_ROOT, Settings
 from tilesight.tables import TrainingRun as RunRow
 
 log = logging.getLogger(__name__)
@@ -62,11 +67,21 @@ class RunRequest:
     freeze_encoder_epochs: int = 0
     patience: int = 10
     max_steps_per_epoch: int | None = None
+    # multi-class segmentation (land cover...): class names, background first; () = buildings
+    classes: tuple[str, ...] = ()
+    class_property: str = "class"  # the polygon property that names a polygon's class
+    class_weights: tuple[float, ...] | None = None  # loss weight per class, against imbalance
+    ignore_value: int | None = None  # the label raster's value for unlabelled pixels
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(n.strip() for n in self.classes or ()))
+        if self.class_weights is not None:
+            object.__setattr__(self, "class_weights", tuple(self.class_weights))
 
 
 def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
     """Validate a request and store the run; the caller queues the task after commit."""
-    from tilesight.model.sources import load_footprints
+    from tilesight.model.labels import is_raster, load_labels
     from tilesight.model.train import TrainConfig
 
     source = get_source(session, req.source)
@@ -79,13 +94,15 @@ def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
             band_count=source.band_count,
             dtype=source.dtype,
         )
-    if req.depth < 1 or req.depth > 6 or req.width < 2 or req.width > 128:
-        raise InvalidInput("width must be 2..128 and depth 1..6")
+    if req.depth < 1 or req.depth > 6 or req.width < 4 or req.width > 128:
+        raise InvalidInput("width must be 4..128 and depth 1..6")
     if (256 + 2 * req.buffer) % (2**req.depth):
         raise InvalidInput(f"256 + 2*buffer must be a multiple of 2**depth ({2**req.depth})")
     if not 12 <= req.zoom <= 22:
         raise InvalidInput("zoom must be between 12 and 22")
     TrainConfig(epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, patience=req.patience)
+    _check_classes(req)
+    _check_model_predicts_the_same(settings, req)
     if req.init_from_version is not None:
         version_dir = settings.model_repo / req.model / str(req.init_from_version)
         if not (version_dir / "metadata.json").exists():
@@ -93,8 +110,16 @@ def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
 
     run_id = uuid.uuid4()
     labels_file = _labels_file(settings, req, run_id)
-    geoms = load_footprints(labels_file)  # InvalidInput when empty or not GeoJSON
-    labels_4326 = _bounds_4326(geoms)
+    if is_raster(labels_file) and not req.classes:
+        raise InvalidInput(
+            "a label raster holds class values: name them in `classes`, background (value 0) "
+            "first; building footprints come as GeoJSON or an OSM extract"
+        )
+    # InvalidInput when empty, not GeoJSON/OSM/a raster, or without a polygon of the classes
+    labels = load_labels(labels_file, req.classes, req.class_property, req.ignore_value)
+    if labels.raster is not None:
+        _check_raster_values(labels_file, len(req.classes), req.ignore_value)
+    labels_4326 = _bounds_4326(labels.extent())
     if not box(*labels_4326).intersects(box(*source.bounds)):
         raise Unprocessable(
             "the labels do not overlap the imagery",
@@ -123,6 +148,129 @@ def _labels_file(settings: Settings, req: RunRequest, run_id: uuid.UUID) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(req.labels))
     return path
+
+
+def _check_classes(req: RunRequest) -> None:
+    """What the class fields must agree on, with each other and with `border`."""
+    from tilesight.overlay import BACKGROUND_NAMES
+
+    names = req.classes
+    if not names:
+        extra = [k for k in ("class_weights", "ignore_value") if getattr(req, k) is not None]
+        if extra:
+            raise InvalidInput(
+                f"{' and '.join(extra)} belong to a multi-class run: give `classes` "
+                "(background first) as well, or leave them out for a building model",
+                fields=extra,
+            )
+        return
+    if not 2 <= len(names) <= 32 or not all(names):
+        raise InvalidInput("give 2 to 32 non-empty class names, background first")
+    lower = [n.lower() for n in names]
+    twice = sorted({n for n in lower if lower.count(n) > 1})
+    if twice:
+        raise InvalidInput(f"class names must differ (case aside): {twice} appear twice")
+    if lower[0] not in BACKGROUND_NAMES:
+        raise InvalidInput(
+            f"the first class is the background (pixels no polygon covers, raster value 0), "
+            f"which metrics and the overlay leave out: name it 'background', not {names[0]!r}",
+            background_names=sorted(BACKGROUND_NAMES),
+        )
+    if req.border:
+        raise InvalidInput(
+            "the border class separates touching building footprints: leave out `border` "
+            "for a multi-class run"
+        )
+    weights = req.class_weights
+    if weights is not None:
+        if len(weights) != len(names):
+            raise InvalidInput(
+                f"{len(weights)} class_weights for {len(names)} classes: give one weight per "
+                "class, in the order of `classes`",
+                classes=list(names),
+            )
+        if not all(0 <= w <= 1000 for w in weights) or not any(w > 0 for w in weights):
+            raise InvalidInput("class_weights are 0..1000 and at least one is above 0")
+    value = req.ignore_value
+    if value is not None:
+        if not 0 <= value <= 255:
+            raise InvalidInput("ignore_value is a label raster value, 0..255")
+        if value < len(names):
+            raise InvalidInput(
+                f"ignore_value {value} is the value of class {names[value]!r}: give the value "
+                f"the raster uses for unlabelled pixels, one no class uses (e.g. 255)"
+            )
+
+
+def _check_model_predicts_the_same(settings: Settings, req: RunRequest) -> None:
+    """A run adds a version to `req.model`, and a promoted version replaces the overlay
+    and the area jobs' model: every version of one model predicts the same classes."""
+    from tilesight.registry import model_metadata, version_dirs
+
+    versions = version_dirs(settings, req.model)
+    if not versions:
+        return
+    meta = model_metadata(settings, req.model, max(versions))
+    multiclass = meta.get("architecture", {}).get("activation") == "softmax"
+    have = [str(c.get("name")) for c in meta.get("classes", [])]
+    if req.classes and (not multiclass or have != list(req.classes)):
+        raise Conflict(
+            f"model {req.model!r} predicts {have}; a run with classes {list(req.classes)} "
+            "makes another model: give it a `model` name of its own",
+            model=req.model,
+            classes=have,
+        )
+    if not req.classes and multiclass:
+        raise Conflict(
+            f"model {req.model!r} predicts the classes {have}: give them as `classes` with "
+            "its labels, or another `model` name for a building model",
+            model=req.model,
+            classes=have,
+        )
+
+
+def _check_raster_values(path: Path, classes: int, ignore_value: int | None) -> None:
+    """Refuse a label raster with values beyond the named classes at submission, not
+    after its chips are cut. Read decimated (nearest, at most 2048 px a side), so a rare
+    stray value can still stop the run later, with the same message."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as src:
+        scale = max(1.0, max(src.width, src.height) / 2048)
+        shape = (math.ceil(src.height / scale), math.ceil(src.width / scale))
+        band = src.read(1, out_shape=shape, resampling=Resampling.nearest, masked=True)
+    values = np.unique(np.ma.compressed(band)).astype(np.int64)
+    bad = [int(v) for v in values if v != ignore_value and not 0 <= v < classes]
+    if bad:
+        raise InvalidInput(
+            f"label raster {path.name} holds class value(s) {bad[:10]} but {classes} classes "
+            f"(0..{classes - 1}) were named: name every class in order, or give the value "
+            "of unlabelled pixels as `ignore_value`",
+            values=bad[:10],
+        )
+
+
+def ensure_served(settings: Settings, model: str) -> bool:
+    """Give a model folder that a run has just created what Triton needs to serve it: a
+    config.pbtxt carrying its name, and the python backend. Both come from the building
+    model: the contract (uint8 image in, [B, C, H, W] probabilities out, C from
+    metadata.json) and the backend are the same for any classes. True when written."""
+    folder = settings.model_repo / model
+    if (folder / "config.pbtxt").exists():
+        return False
+    template = settings.model_repo / "buildings"
+    if not (template / "config.pbtxt").is_file():
+        template = PROJECT_ROOT / "model_repo" / "buildings"
+    text = (template / "config.pbtxt").read_text()
+    config = re.sub(r'^name: ".*"$', f'name: "{model}"', text, count=1, flags=re.M)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(template / "model.py", folder / "model.py")
+    # the config last: a folder with one is a model to Triton and to sync_models
+    tmp = folder / f".config.pbtxt.{uuid.uuid4().hex}"
+    tmp.write_text(config)
+    tmp.rename(folder / "config.pbtxt")
+    return True
 
 
 def _bounds_4326(geoms_3857: list[shapely.Geometry]) -> tuple[float, float, float, float]:
@@ -199,7 +347,14 @@ def execute_run(
         sources=[(Path(source_uri), labels)],
         model_repo=settings.model_repo,
         model_name=model_name,
-        chips=ChipSpec(zoom=params["zoom"], buffer=params["buffer"], border=params["border"]),
+        chips=ChipSpec(
+            zoom=params["zoom"],
+            buffer=params["buffer"],
+            border=params["border"],
+            classes=tuple(params.get("classes") or ()),
+            class_property=params.get("class_property", "class"),
+            ignore_value=params.get("ignore_value"),
+        ),
         width=params["width"],
         depth=params["depth"],
         cache_dir=settings.home / "chips",
@@ -211,6 +366,7 @@ def execute_run(
             patience=params["patience"],
             freeze_encoder_epochs=params["freeze_encoder_epochs"],
             max_steps_per_epoch=params.get("max_steps_per_epoch"),
+            class_weights=tuple(weights) if (weights := params.get("class_weights")) else None,
             run_dir=settings.home / "training" / str(run_id),
             resume=True,
         ),
@@ -246,6 +402,8 @@ def execute_run(
     version = int(version_dir.name)
     from tilesight.registry import sync_models
 
+    if ensure_served(settings, model_name):
+        log.info("model %s is new: config.pbtxt and backend written", model_name)
     with session_scope(sessions) as session:
         sync_models(settings, session)  # links the backend into the new version folder
     _ask_triton_to_load(settings, model_name)

@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from tilesight.training_runs import RunRequest, cancel_run, create_run, get_run, list_runs
 
 router = APIRouter(prefix="/training-runs", tags=["training"])
 
+ClassName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+ClassWeight = Annotated[float, Field(ge=0, le=1000)]
+
 
 class RunCreate(BaseModel):
     model: str = Field("buildings", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
     source: str = Field(description="id of a registered 8-bit RGB imagery source")
-    labels_path: str | None = Field(None, description="a footprints GeoJSON under a data root")
-    labels: dict[str, Any] | None = Field(None, description="or the footprints inline")
+    labels_path: str | None = Field(
+        None,
+        description="under a data root: footprints or class polygons (GeoJSON, OSM extract), "
+        "or with `classes` a single-band raster of class values (.tif, any CRS)",
+    )
+    labels: dict[str, Any] | None = Field(None, description="or the GeoJSON inline")
     epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(8, ge=1, le=512)
     lr: float = Field(2e-3, gt=0, lt=1)
-    width: int = Field(8, ge=2, le=128, description="U-Net channels at full resolution")
+    width: int = Field(8, ge=4, le=128, description="U-Net channels at full resolution")
     depth: int = Field(4, ge=1, le=6)
     zoom: int = Field(19, ge=12, le=22, description="the model's native zoom")
     buffer: int = Field(32, ge=0, le=128, description="context pixels each side")
@@ -32,6 +39,26 @@ class RunCreate(BaseModel):
     freeze_encoder_epochs: int = Field(0, ge=0, le=1000)
     patience: int = Field(10, ge=1, le=1000)
     max_steps_per_epoch: int | None = Field(None, ge=1, le=100_000)
+    classes: list[ClassName] = Field(
+        default_factory=list,
+        min_length=2,
+        max_length=32,
+        description="multi-class segmentation (land cover...): unique class names, the "
+        "background first (pixels no polygon covers, raster value 0); leave out for buildings",
+        examples=[["background", "water", "trees", "grass", "impervious"]],
+    )
+    class_property: str = Field(
+        "class", min_length=1, max_length=64, description="the polygon property naming its class"
+    )
+    class_weights: list[ClassWeight] | None = Field(
+        None,
+        min_length=2,
+        max_length=32,
+        description="loss weight per class, in the order of `classes`, against imbalance",
+    )
+    ignore_value: int | None = Field(
+        None, ge=0, le=255, description="the label raster's value for unlabelled pixels"
+    )
 
     @model_validator(mode="after")
     def _one_label_source(self) -> RunCreate:
