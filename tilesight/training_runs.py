@@ -107,6 +107,9 @@ def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
         version_dir = settings.model_repo / req.model / str(req.init_from_version)
         if not (version_dir / "metadata.json").exists():
             raise NotFound(f"model {req.model!r} has no version {req.init_from_version}")
+        from tilesight.model.job import check_init_from
+
+        check_init_from(version_dir, req.width, req.depth)  # 400 now, not a failed run later
 
     run_id = uuid.uuid4()
     labels_file = _labels_file(settings, req, run_id)

@@ -32,6 +32,7 @@ def labels_path(settings: Settings, name: str = NAIROBI_LABELS) -> str:
         ({"source": "nairobi", "lr": 5}, 422, "lr"),
         ({"source": "nairobi", "labels_path": "/etc/passwd"}, 400, "outside"),
         ({"source": "nairobi", "init_from_version": 99}, 404, "no version 99"),
+        ({"source": "nairobi", "init_from_version": 1, "width": 16}, 400, "cannot start from"),
     ],
 )
 def test_bad_requests_are_refused_before_queueing(
