@@ -7,7 +7,7 @@ import uuid
 
 from shapely.geometry import MultiPolygon, box
 
-from tilesight.jobs.evaluate import clip_labels, match
+from tilesight.jobs.evaluate import clip_labels, load_labels, match
 from tilesight.jobs.export import feature_json
 
 
@@ -40,3 +40,22 @@ def test_feature_json_is_a_geojson_feature() -> None:
         "id": 7, "area_m2": 12.35, "confidence": 0.8765, "model": "buildings",
         "version": 1, "job": str(job),
     }  # fmt: skip
+
+
+def test_job_labels_are_read_as_training_reads_them(tmp_path) -> None:  # noqa: ANN001
+    """Jobs are scored against the same footprints a model trains on: reprojected from
+    the file's CRS to EPSG:4326, and `building=no` left out."""
+    square = [[500000, 9330000], [500020, 9330000], [500020, 9330020], [500000, 9330020]]
+    ring = {"type": "Polygon", "coordinates": [[*square, square[0]]]}
+    feats = [
+        {"type": "Feature", "properties": {}, "geometry": ring},
+        {"type": "Feature", "properties": {"building": "no"}, "geometry": ring},
+    ]
+    utm = {"type": "name", "properties": {"name": "EPSG:32737"}}
+    doc = {"type": "FeatureCollection", "features": feats, "crs": utm}
+    path = tmp_path / "labels.geojson"
+    path.write_text(json.dumps(doc))
+    (polygon,) = load_labels(path)
+    west, south, east, north = polygon.bounds
+    assert 38.99 < west < east < 39.01 and -6.07 < south < north < -6.05  # UTM 37S, near Dar
+    assert abs((east - west) * 111_320 - 20) < 0.5  # 20 m wide, in degrees at the equator-ish

@@ -8,7 +8,6 @@ pokes into the area is compared with the part of it that the job could see.
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,13 @@ import numpy as np
 import shapely
 from geoalchemy2.shape import to_shape
 from pyproj import Transformer
-from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.geometry import MultiPolygon, Polygon
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tilesight import tables
 from tilesight.errors import NotFound
+from tilesight.model.sources import load_footprints
 from tilesight.settings import Settings
 
 IOU_THRESHOLD = 0.5
@@ -41,28 +41,15 @@ def labels_path(source: tables.Source) -> Path | None:
 
 
 def load_labels(path: Path) -> list[Polygon]:
-    """Polygons in EPSG:4326 from a GeoJSON file (a legacy `crs` member is honoured)."""
-    data = json.loads(path.read_text())
-    features = data.get("features", [data]) if isinstance(data, dict) else []
-    crs = ((data.get("crs") or {}).get("properties") or {}).get("name")
-    transform = None
-    if crs and "4326" not in crs and "CRS84" not in crs:
-        t = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    """Footprints in EPSG:4326, read exactly as training reads them (GeoJSON in any CRS
+    or an OSM extract, `building=no` dropped), so a job is scored against what a model
+    would have been trained on."""
+    to_4326 = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
 
-        def transform(c: np.ndarray) -> np.ndarray:
-            return np.column_stack(t.transform(c[:, 0], c[:, 1]))
+    def transform(c: np.ndarray) -> np.ndarray:
+        return np.column_stack(to_4326.transform(c[:, 0], c[:, 1]))
 
-    polygons: list[Polygon] = []
-    for feature in features:
-        geometry = feature.get("geometry") if feature.get("type") == "Feature" else feature
-        if not geometry:
-            continue
-        geom = shape(geometry)
-        if transform is not None:
-            geom = shapely.transform(geom, transform)
-        geom = geom if geom.is_valid else geom.buffer(0)
-        polygons += [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon)]
-    return polygons
+    return [shapely.transform(g, transform) for g in load_footprints(path)]
 
 
 def match(
