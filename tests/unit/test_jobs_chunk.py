@@ -177,3 +177,31 @@ def test_cancelled_job_writes_nothing_and_failure_keeps_written_chunks(factory) 
     assert run(factory, job_id, 1).state == "skipped"
     with factory() as s:
         assert s.get(tables.JobChunk, (job_id, 1)).state == "failed"
+
+
+def test_houses_sharing_a_wall_across_the_seam_stay_two_after_the_merge(factory) -> None:
+    """Both houses cross the seam and meet along a wall that crosses it too: each chunk
+    writes two pieces, and the merge must join each house's pieces, not the houses."""
+    truth = np.zeros((2 * 256, 4 * 256), np.int32)
+    truth[300:330, 2 * 256 - 50 : 2 * 256 + 50] = 1
+    truth[330:380, 2 * 256 - 40 : 2 * 256 + 60] = 2
+    world = np.stack([truth > 0, border_mask(truth, width=2)]).astype(np.float32) * 0.95
+
+    def predict(tiles: list[Tile]):
+        return {
+            (x, y, z): world[
+                :, (y - Y0) * 256 : (y - Y0 + 1) * 256, (x - X0) * 256 : (x - X0 + 1) * 256
+            ]
+            for x, y, z in tiles
+        }, {"read": 0.0}
+
+    job_id = make_job(factory)
+    border_model = [{"name": "building"}, {"name": "border"}]
+    assert run(factory, job_id, 0, predict, border_model).buildings == 2
+    assert run(factory, job_id, 1, predict, border_model).buildings == 2
+    assert chunk.finish_job(factory, job_id) == "done"
+    with factory() as s:
+        areas = s.scalars(select(tables.Building.area_m2).where(tables.Building.job_id == job_id))
+        px_m2 = (0.2986 * np.cos(np.radians(6.05))) ** 2
+        found = sorted(round(a / px_m2) for a in areas)
+    assert found == pytest.approx([3000, 5000], rel=0.03)
