@@ -7,11 +7,7 @@ its own PostgreSQL (no Triton, no worker), started through the stack launcher.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import mercantile
 import numpy as np
@@ -20,30 +16,12 @@ from shapely.geometry import box, mapping
 from sqlalchemy import func, select
 
 from tilesight import tables
-from tilesight.db import make_engine, make_sessionmaker, migrate, session_scope
+from tilesight.db import session_scope
 from tilesight.jobs import chunk
 from tilesight.jobs.plan import Tile, plan_job
 from tilesight.model.data import border_mask
-from tilesight.settings import Settings
-from tilesight.stack import Stack, free_port
 
 Z, X0, Y0 = 19, 319290, 270958  # a 2x2-block grid of 4x4-tile chunks, aligned to 4
-
-
-@pytest.fixture(scope="module")
-def factory() -> Iterator:
-    home = Path(tempfile.mkdtemp(prefix="tilesight-chunk-"))
-    settings = Settings(environment="test", home=home, postgres_port=free_port(), load_demo=False)
-    stack = Stack(settings, components=["postgres"])
-    try:
-        stack.start()
-        migrate(settings)
-        engine = make_engine(settings)
-        yield make_sessionmaker(engine)
-        engine.dispose()
-    finally:
-        stack.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def building_map(tiles: list[Tile]) -> dict[Tile, np.ndarray]:

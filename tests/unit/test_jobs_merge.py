@@ -7,11 +7,7 @@ line), so the tests say which pieces must become one feature and which must not.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import mercantile
 import numpy as np
@@ -23,33 +19,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tilesight import tables
-from tilesight.db import make_engine, make_sessionmaker, migrate, session_scope
+from tilesight.db import session_scope
 from tilesight.jobs.merge import merge_seams
 from tilesight.jobs.vectorize import TO_MERCATOR
-from tilesight.settings import Settings
-from tilesight.stack import Stack, free_port
 
 Z, SIDE = 19, 4
 X0, Y0 = 319288, 270956  # 4-aligned: the seams lie at pixel 1024 on both axes
 SEAM = SIDE * 256
 BLOCKS = {(X0 // SIDE + i, Y0 // SIDE + j) for i in (0, 1) for j in (0, 1)}
 Px = tuple[float, float, float, float]  # col0, row0, col1, row1 from the grid's corner
-
-
-@pytest.fixture(scope="module")
-def factory() -> Iterator[sessionmaker[Session]]:
-    home = Path(tempfile.mkdtemp(prefix="tilesight-merge-"))
-    settings = Settings(environment="test", home=home, postgres_port=free_port(), load_demo=False)
-    stack = Stack(settings, components=["postgres"])
-    try:
-        stack.start()
-        migrate(settings)
-        engine = make_engine(settings)
-        yield make_sessionmaker(engine)
-        engine.dispose()
-    finally:
-        stack.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def to_lonlat(col: float, row: float) -> tuple[float, float]:
