@@ -244,7 +244,12 @@ def run_training(
     if run.init_from is not None:  # a shape mismatch is refused before any work
         check_init_from(run.init_from, run.width, run.depth)
     with process_group(run.loop.distributed) as (process_rank, _):
-        return _train_and_export(run, on_progress, process_rank)
+        result = _train_and_export(run, on_progress, process_rank)
+        if run.loop.distributed:
+            # Leave together: a rank that tore down its gloo group while rank 0 was still
+            # exporting was seen to abort ("terminate called without an active exception").
+            dist.barrier()
+        return result
 
 
 def _train_and_export(
