@@ -63,6 +63,24 @@ class PredictContext:
             await self.redis.aclose()
 
 
+@dataclass(frozen=True, eq=False)
+class _Layer:
+    """One model version over one source: what every native tile of a request shares."""
+
+    model: str
+    version: int
+    meta: dict[str, Any]
+    source: SourceInfo
+
+    @property
+    def zoom(self) -> int:
+        return int(self.meta["zoom"])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.meta["classes"]), TILE, TILE)
+
+
 def min_zoom(metadata: dict[str, Any]) -> int:
     """The lowest zoom prediction tiles exist at (header X-Predictions-Minzoom, TileJSON)."""
     return max(0, int(metadata["zoom"]) - MAX_ZOOM_OUT)
@@ -98,18 +116,19 @@ async def predict_tile(
     NotFound when the tile has no imagery or lies more than MAX_ZOOM_OUT zooms below
     native; Unavailable (503) when Triton is down or the version is still loading."""
     meta = registry.model_metadata(ctx.settings, model, version)
-    native = int(meta["zoom"])
+    layer = _Layer(model, version, meta, source)
+    native = layer.zoom
     if z == native:
-        return await _native(ctx, model, version, meta, source, x, y)
+        return await _native(ctx, layer, x, y)
     if z > native:
-        return await _zoomed_in(ctx, model, version, meta, source, x, y, z - native)
+        return await _zoomed_in(ctx, layer, x, y, z - native)
     if native - z > MAX_ZOOM_OUT:
         raise NotFound(
             f"predictions of {model} exist from zoom {min_zoom(meta)}; zoom in",
             minzoom=min_zoom(meta),
             native_zoom=native,
         )
-    return await _zoomed_out(ctx, model, version, meta, source, x, y, native - z)
+    return await _zoomed_out(ctx, layer, x, y, native - z)
 
 
 async def predict_tile_2x(
@@ -122,19 +141,10 @@ async def predict_tile_2x(
     return _mosaic(parts, 2)
 
 
-async def _zoomed_in(
-    ctx: PredictContext,
-    model: str,
-    version: int,
-    meta: dict[str, Any],
-    source: SourceInfo,
-    x: int,
-    y: int,
-    levels: int,
-) -> np.ndarray:
+async def _zoomed_in(ctx: PredictContext, layer: _Layer, x: int, y: int, levels: int) -> np.ndarray:
     if levels > MAX_ZOOM_IN:
-        raise NotFound(f"predictions of {model} stop {MAX_ZOOM_IN} zooms above native")
-    parent = await _native(ctx, model, version, meta, source, x >> levels, y >> levels)
+        raise NotFound(f"predictions of {layer.model} stop {MAX_ZOOM_IN} zooms above native")
+    parent = await _native(ctx, layer, x >> levels, y >> levels)
     size = TILE >> levels
     ox, oy = (x - ((x >> levels) << levels)) * size, (y - ((y >> levels) << levels)) * size
     part = torch.from_numpy(np.ascontiguousarray(parent[:, oy : oy + size, ox : ox + size]))
@@ -144,19 +154,10 @@ async def _zoomed_in(
 
 
 async def _zoomed_out(
-    ctx: PredictContext,
-    model: str,
-    version: int,
-    meta: dict[str, Any],
-    source: SourceInfo,
-    x: int,
-    y: int,
-    levels: int,
+    ctx: PredictContext, layer: _Layer, x: int, y: int, levels: int
 ) -> np.ndarray:
     n = 2**levels
-    parts = await _gather_children(
-        lambda cx, cy: _native(ctx, model, version, meta, source, cx, cy), x, y, levels
-    )
+    parts = await _gather_children(lambda cx, cy: _native(ctx, layer, cx, cy), x, y, levels)
     mosaic = _mosaic(parts, n)
     c = mosaic.shape[0]
     # area average: a building covering a quarter of a pixel reads as 0.25, not as a hit
@@ -193,60 +194,38 @@ def _mosaic(parts: dict[tuple[int, int], np.ndarray | None], n: int) -> np.ndarr
     return mosaic
 
 
-async def _native(
-    ctx: PredictContext,
-    model: str,
-    version: int,
-    meta: dict[str, Any],
-    source: SourceInfo,
-    x: int,
-    y: int,
-) -> np.ndarray:
+async def _native(ctx: PredictContext, layer: _Layer, x: int, y: int) -> np.ndarray:
     """One native-zoom tile: from the cache, from a flight already under way, or computed."""
-    z = int(meta["zoom"])
-    key = f"{cache_key(model, version, source, x, y, z)}:c{context_px(ctx.settings, meta)}"
-    shape = (len(meta["classes"]), TILE, TILE)
-    cached = await _cache_get(ctx, key, shape)
+    key = cache_key(layer.model, layer.version, layer.source, x, y, layer.zoom)
+    key = f"{key}:c{context_px(ctx.settings, layer.meta)}"
+    cached = await _cache_get(ctx, key, layer.shape)
     if cached is not None:
         CACHE.labels("hit").inc()
         return cached
     flight = ctx.inflight.get(key)
     if flight is None:
         # a task of its own: a client that hangs up does not cancel it for the others
-        flight = asyncio.ensure_future(
-            _compute_once(ctx, key, shape, model, version, meta, source, x, y, z)
-        )
+        flight = asyncio.ensure_future(_compute_once(ctx, layer, key, x, y))
         ctx.inflight[key] = flight
         flight.add_done_callback(lambda _: ctx.inflight.pop(key, None))
     return await asyncio.shield(flight)
 
 
-async def _compute_once(
-    ctx: PredictContext,
-    key: str,
-    shape: tuple[int, int, int],
-    model: str,
-    version: int,
-    meta: dict[str, Any],
-    source: SourceInfo,
-    x: int,
-    y: int,
-    z: int,
-) -> np.ndarray:
+async def _compute_once(ctx: PredictContext, layer: _Layer, key: str, x: int, y: int) -> np.ndarray:
     """Compute unless another process holds the tile's lock; then wait for its result."""
     lock = f"{key}:lock"
     if ctx.redis is not None and not await _try_lock(ctx, lock):
         deadline = asyncio.get_running_loop().time() + ctx.settings.triton_timeout_s
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-            cached = await _cache_get(ctx, key, shape)
+            cached = await _cache_get(ctx, key, layer.shape)
             if cached is not None:
                 CACHE.labels("hit").inc()
                 return cached
         # the other process gave up or died: compute it here rather than fail
     CACHE.labels("miss" if ctx.redis is not None else "off").inc()
     try:
-        probs = await _infer(ctx, model, version, meta, source, x, y, z)
+        probs = await _infer(ctx, layer, x, y)
         await _cache_set(ctx, key, probs)
     finally:
         if ctx.redis is not None:
@@ -254,24 +233,16 @@ async def _compute_once(
     return probs
 
 
-async def _infer(
-    ctx: PredictContext,
-    model: str,
-    version: int,
-    meta: dict[str, Any],
-    source: SourceInfo,
-    x: int,
-    y: int,
-    z: int,
-) -> np.ndarray:
-    buffer = context_px(ctx.settings, meta)
+async def _infer(ctx: PredictContext, layer: _Layer, x: int, y: int) -> np.ndarray:
+    model, version = layer.model, layer.version
+    buffer = context_px(ctx.settings, layer.meta)
     tile = await asyncio.to_thread(
-        read_tile, source, x, y, z, tilesize=TILE, buffer=buffer, settings=ctx.settings
-    )
+        read_tile, layer.source, x, y, layer.zoom, tilesize=TILE, buffer=buffer,
+        settings=ctx.settings,
+    )  # fmt: skip
     mask = tile.mask[buffer : buffer + TILE, buffer : buffer + TILE]
-    classes = len(meta["classes"])
     if not mask.any():  # nothing to look at: no need to ask the model
-        return np.zeros((classes, TILE, TILE), dtype=np.float32)
+        return np.zeros(layer.shape, dtype=np.float32)
     try:
         with TRITON_LATENCY.labels(model).time():
             probs = await ctx.triton.infer(model, tile.data[None], str(version))
