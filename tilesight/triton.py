@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tilesight.errors import NotFound, Unavailable
+
+T = TypeVar("T")
 
 
 class TritonClient:
@@ -69,15 +73,9 @@ class TritonClient:
         cached = self._metadata.get(key)
         if cached and time.monotonic() - cached[0] < ttl_s:
             return cached[1]
-        try:
-            meta = await asyncio.wait_for(
-                self.client.get_model_metadata(model, version, as_json=True),
-                timeout=self.timeout_s,
-            )
-        except TimeoutError as exc:
-            raise Unavailable(f"Triton did not answer within {self.timeout_s}s") from exc
-        except InferenceServerException as exc:
-            raise _translate(exc, model, version) from exc
+        meta = await self._ask(
+            self.client.get_model_metadata(model, version, as_json=True), model, version
+        )
         self._metadata[key] = (time.monotonic(), meta)
         return meta
 
@@ -113,11 +111,15 @@ class TritonClient:
     async def inference_statistics(self, model: str, version: str = "") -> dict:
         """Triton's counters for `model`: requests (inference_count) and model runs
         (execution_count) per version, which is how batching and single flight show."""
+        return await self._ask(
+            self.client.get_inference_statistics(model, version, as_json=True), model, version
+        )
+
+    async def _ask(self, call: Awaitable[T], model: str, version: str) -> T:
+        """One question to Triton's control plane, bounded by the client's timeout, with
+        its errors translated into what the API answers (404, 503)."""
         try:
-            return await asyncio.wait_for(
-                self.client.get_inference_statistics(model, version, as_json=True),
-                timeout=self.timeout_s,
-            )
+            return await asyncio.wait_for(call, timeout=self.timeout_s)
         except TimeoutError as exc:
             raise Unavailable(f"Triton did not answer within {self.timeout_s}s") from exc
         except InferenceServerException as exc:
