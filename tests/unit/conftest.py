@@ -1,5 +1,5 @@
-"""Fixtures shared by the unit tests that need a real PostgreSQL (PostGIS SQL cannot be
-faked): one server per session, migrated, for every module that writes buildings."""
+"""Fixtures shared by unit tests: the real Tanzania chips, cut once per session, and a
+real PostgreSQL for those that write buildings (PostGIS SQL cannot be faked)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.unit.chips_support import SPEC, TANZANIA
 from tilesight.db import make_engine, make_sessionmaker, migrate
+from tilesight.model.data import Chip, cache_chips
+from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
 from tilesight.settings import Settings
 from tilesight.stack import Stack, free_port
 
@@ -31,3 +34,11 @@ def factory() -> Iterator[sessionmaker[Session]]:
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chips(tmp_path_factory: pytest.TempPathFactory) -> list[Chip]:
+    """The four Tanzania tiles with their footprints, as SPEC cuts them (read-only)."""
+    reader, geoms = ChipFolder(TANZANIA), load_footprints(TANZANIA / "labels.geojson")
+    tiles = prepare_tiles(reader, geoms, SPEC.zoom)
+    return cache_chips(reader, geoms, tiles, SPEC, tmp_path_factory.mktemp("chips"))

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from tilesight.model.data import Chip, ChipSpec, cache_chips, keep_empty, prepare
+from tests.unit.chips_support import SPEC
+from tests.unit.chips_support import TANZANIA as DATA
+from tilesight.model.data import Chip, keep_empty, prepare
 from tilesight.model.export import load_model
 from tilesight.model.job import hard_negative_ranker
-from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "tests" / "data" / "buildings" / "tanzania"
 DEMO = ROOT / "model_repo" / "buildings" / "2"  # the committed demo model, buffer 32
-SPEC = ChipSpec(zoom=19, buffer=32, jitter=16)
 
 
 def fake_chips(full: int, empty: int) -> list[Chip]:
@@ -53,13 +52,6 @@ def test_without_a_rank_empty_chips_are_a_seeded_random_sample() -> None:
     assert len(set(samples)) > 1  # not simply the first empty chips
 
 
-@pytest.fixture(scope="module")
-def real_chips(tmp_path_factory: pytest.TempPathFactory) -> list[Chip]:
-    reader, geoms = ChipFolder(DATA), load_footprints(DATA / "labels.geojson")
-    tiles = prepare_tiles(reader, geoms, SPEC.zoom)
-    return cache_chips(reader, geoms, tiles, SPEC, tmp_path_factory.mktemp("chips"))
-
-
 def predicted_pixels(model: torch.nn.Module, chip: Chip, threshold: float) -> int:
     """The demo model's building pixels in the tile proper, one chip at a time."""
     size, j, b = SPEC.tile_size + 2 * SPEC.buffer, SPEC.jitter, SPEC.buffer
@@ -70,14 +62,14 @@ def predicted_pixels(model: torch.nn.Module, chip: Chip, threshold: float) -> in
     return int((prob[b:-b, b:-b] >= threshold).sum())
 
 
-def test_the_demo_model_ranks_real_chips_by_its_building_pixels(real_chips) -> None:
+def test_the_demo_model_ranks_real_chips_by_its_building_pixels(chips) -> None:
     model, meta = load_model(DEMO)
-    scores = hard_negative_ranker(DEMO, SPEC)(real_chips)
-    direct = [predicted_pixels(model, c, meta["threshold"]) for c in real_chips]
+    scores = hard_negative_ranker(DEMO, SPEC)(chips)
+    direct = [predicted_pixels(model, c, meta["threshold"]) for c in chips]
     assert scores == pytest.approx(direct, abs=2)  # batched vs single: a pixel on the edge
     assert min(direct) > 1000 and len(set(direct)) == len(direct)  # these tiles hold roofs
-    strict = hard_negative_ranker(DEMO, SPEC, threshold=0.95)(real_chips)
-    assert strict == pytest.approx([predicted_pixels(model, c, 0.95) for c in real_chips], abs=2)
+    strict = hard_negative_ranker(DEMO, SPEC, threshold=0.95)(chips)
+    assert strict == pytest.approx([predicted_pixels(model, c, 0.95) for c in chips], abs=2)
     assert all(s < d for s, d in zip(strict, scores, strict=True))
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.unit.chips_support import SPEC
+from tests.unit.chips_support import TANZANIA as DATA
 from tilesight.errors import InvalidInput
 from tilesight.model.data import (
     IGNORE,
     ChipDataset,
-    ChipSpec,
     border_mask,
-    cache_chips,
     keep_empty,
     prepare,
     split_by_blocks,
@@ -23,16 +23,6 @@ from tilesight.model.data import (
 from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
 from tilesight.model.train import TrainConfig, augment, segmentation_loss, train
 from tilesight.model.unet import SegmentationModel, UNetConfig
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "buildings" / "tanzania"
-SPEC = ChipSpec(zoom=19, buffer=32, jitter=16)
-
-
-@pytest.fixture(scope="module")
-def chips(tmp_path_factory: pytest.TempPathFactory) -> list:
-    reader, geoms = ChipFolder(DATA), load_footprints(DATA / "labels.geojson")
-    tiles = prepare_tiles(reader, geoms, SPEC.zoom)
-    return cache_chips(reader, geoms, tiles, SPEC, tmp_path_factory.mktemp("chips"))
 
 
 def test_chips_hold_real_pixels_and_aligned_labels(chips: list) -> None:
@@ -122,7 +112,7 @@ def test_augment_moves_image_and_target_together() -> None:
         assert hot == tgt[i, 0].nonzero().tolist()
 
 
-def test_loss_falls_when_training_on_real_chips(chips: list, tmp_path: Path) -> None:
+def test_loss_falls_when_training_on_chips(chips: list, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = SegmentationModel(UNetConfig(width=4, depth=2))
     batch = next(iter(torch.utils.data.DataLoader(ChipDataset(chips, SPEC, True), batch_size=4)))

@@ -9,25 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.unit.chips_support import SPEC
+from tests.unit.chips_support import TANZANIA as DATA
 from tilesight.errors import InvalidInput
-from tilesight.model.data import ChipDataset, ChipSpec, cache_chips
+from tilesight.model.data import ChipDataset, ChipSpec
 from tilesight.model.export import load_model
 from tilesight.model.job import TrainingRun, build_model, run_training
-from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
 from tilesight.model.train import Progress, TrainConfig, train
 from tilesight.model.unet import SegmentationModel, UNetConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "tests" / "data" / "buildings" / "tanzania"
 DEMO = ROOT / "model_repo" / "buildings" / "2"  # the shipped demo: width 8, depth 4
-SPEC = ChipSpec(zoom=19, buffer=32, jitter=16)
-
-
-@pytest.fixture(scope="module")
-def chips(tmp_path_factory: pytest.TempPathFactory) -> list:
-    reader, geoms = ChipFolder(DATA), load_footprints(DATA / "labels.geojson")
-    tiles = prepare_tiles(reader, geoms, SPEC.zoom)
-    return cache_chips(reader, geoms, tiles, SPEC, tmp_path_factory.mktemp("chips"))
 
 
 @pytest.fixture(scope="module")
