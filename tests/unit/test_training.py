@@ -16,6 +16,7 @@ from tilesight.model.data import (
     IGNORE,
     ChipDataset,
     border_mask,
+    cache_chips,
     keep_empty,
     prepare,
     split_by_blocks,
@@ -159,3 +160,15 @@ def test_tune_split_comes_out_of_training_blocks(tmp_path: Path) -> None:
     plain = prepare([(DATA, DATA / "labels.geojson")], SPEC, tmp_path, block_zoom=19,
                     val_fraction=0.25, empty_ratio=1.0)  # fmt: skip
     assert {c.tile for c in plain.val} == val
+
+
+def test_the_same_labels_reuse_their_cached_chips(tmp_path: Path) -> None:
+    """A second run (another process, or another DDP rank) over the same footprints finds
+    the chips the first one cut instead of cutting them again."""
+    reader = ChipFolder(DATA)
+    first = load_footprints(DATA / "labels.geojson")
+    tiles = prepare_tiles(reader, first, SPEC.zoom)
+    paths = [c.path for c in cache_chips(reader, first, tiles, SPEC, tmp_path)]
+    again = load_footprints(DATA / "labels.geojson")  # equal polygons, new objects
+    assert [c.path for c in cache_chips(reader, again, tiles, SPEC, tmp_path)] == paths
+    assert len(list(tmp_path.glob("*.npz"))) == len(tiles)

@@ -129,7 +129,10 @@ class LabelSet:
     def fingerprint(self) -> str:
         if self.raster is not None:
             return self.raster.fingerprint()
-        digest = hashlib.sha1(shapely.to_wkb(self.geoms[:2000], hex=True).tobytes())
+        # The polygons' own bytes: the cache key must match in every process and rank.
+        digest = hashlib.sha1()
+        for wkb in shapely.to_wkb(self.geoms):
+            digest.update(wkb)
         digest.update(repr(self.classes).encode())
         return f"{len(self.geoms)}:{digest.hexdigest()[:12]}"
 
