@@ -73,6 +73,11 @@ class ChipSpec:
     def multiclass(self) -> bool:
         return bool(self.classes)
 
+    @property
+    def label_key(self) -> str:
+        """The array of a cached chip that holds its labels: class indices or instance ids."""
+        return "classes" if self.multiclass else "instances"
+
 
 @dataclass
 class Chip:
@@ -144,21 +149,18 @@ def cache_chips(
         if not path.exists():
             image, valid = reader.read(tile, c, exclude)
             if spec.multiclass:
-                target = {"classes": labels.class_map(tile, s, c)}
+                target = labels.class_map(tile, s, c)
             else:
                 hits = [labels.geoms[i] for i in labels.near(tile, s, c)]
-                target = {"instances": rasterize_instances(hits, tile, s, c)}
+                target = rasterize_instances(hits, tile, s, c)
             # unique per process: torchrun ranks or two jobs may cache the same chip at once
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez_compressed(tmp, image=image, valid=valid, **target)
+            np.savez_compressed(tmp, image=image, valid=valid, **{spec.label_key: target})
             tmp.rename(path)
         with np.load(path) as z:
-            if spec.multiclass:
-                core = z["classes"][c : c + s, c : c + s]
-                found = np.unique(core[(core > 0) & (core != IGNORE)])
-            else:
-                core = z["instances"][c : c + s, c : c + s]
-                found = np.unique(core[core > 0])
+            core = z[spec.label_key][c : c + s, c : c + s]
+        labelled = (core > 0) & (core != IGNORE) if spec.multiclass else core > 0
+        found = np.unique(core[labelled])  # instance id 255 is a building, not IGNORE
         chips.append(Chip(reader.name, tile, path, int(len(found))))
     return chips
 
@@ -202,7 +204,7 @@ class ChipDataset(Dataset):
         spec = self.spec
         with np.load(self.chips[i].path) as z:
             image, valid = z["image"], z["valid"]
-            inst = z["classes"] if spec.multiclass else z["instances"]
+            inst = z[spec.label_key]
         size = spec.tile_size + 2 * spec.buffer
         if self.train and spec.jitter:
             r, c = self.rng.integers(0, 2 * spec.jitter + 1, size=2)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesight.model.metrics import label_components
+from tilesight.model.metrics import drop_small, label_components
 
 
 def border_channel(classes: list[dict[str, Any]] | None, channels: int) -> int | None:
@@ -66,8 +66,4 @@ def split_instances(
     grown = grow(seeds, mask, grow_steps)
     rest = label_components(mask & (grown == 0), min_area)
     grown = np.where(rest > 0, rest + grown.max(), grown)
-    ids, inverse, counts = np.unique(grown, return_inverse=True, return_counts=True)
-    keep = (ids > 0) & (counts >= max(min_area, 1))
-    relabel = np.zeros(len(ids), np.int32)
-    relabel[keep] = np.arange(1, int(keep.sum()) + 1)
-    return relabel[inverse].reshape(mask.shape)
+    return drop_small(grown, min_area)

@@ -91,7 +91,7 @@ class TrainingRun:
 def _core(chip: Chip, spec: ChipSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tile proper of a chip: image, labels (instances or classes), valid pixels."""
     c, s = spec.context, spec.tile_size
-    keys = ("image", "classes" if spec.multiclass else "instances", "valid")
+    keys = ("image", spec.label_key, "valid")
     with np.load(chip.path) as z:
         return tuple(z[k][..., c : c + s, c : c + s] for k in keys)
 

@@ -69,11 +69,16 @@ def label_components(mask: np.ndarray, min_area: int = 0) -> np.ndarray:
         if np.array_equal(new, lab):
             break
         lab = new
-    ids, inverse, counts = np.unique(lab, return_inverse=True, return_counts=True)
+    return drop_small(lab, min_area)
+
+
+def drop_small(labels: np.ndarray, min_area: int = 0) -> np.ndarray:
+    """Labels renumbered 1..n, without those of fewer than `min_area` pixels (now 0)."""
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     keep = (ids > 0) & (counts >= max(min_area, 1))
     relabel = np.zeros(len(ids), np.int32)
     relabel[keep] = np.arange(1, int(keep.sum()) + 1)
-    return relabel[inverse].reshape(mask.shape)
+    return relabel[inverse].reshape(labels.shape)
 
 
 def match_objects(
