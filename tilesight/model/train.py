@@ -185,11 +185,16 @@ def segmentation_loss(
     target = target.clamp(0, 1) * valid
     bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
     bce = bce / valid.sum().clamp_min(1)
-    prob = torch.sigmoid(logits) * valid
+    dice = 1 - soft_dice(torch.sigmoid(logits) * valid, target).mean()
+    return bce + dice_weight * dice
+
+
+def soft_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice of each class [C] over a batch of [B, C, H, W]; the +1 keeps a class
+    absent from both at 1 instead of 0/0."""
     inter = (prob * target).sum(dim=(0, 2, 3))
     denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
-    dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
-    return bce + dice_weight * dice
+    return (2 * inter + 1) / (denom + 1)
 
 
 def multiclass_loss(
@@ -206,9 +211,7 @@ def multiclass_loss(
     prob = torch.softmax(logits, dim=1) * valid.unsqueeze(1)
     onehot = F.one_hot(torch.where(valid, target, 0), logits.shape[1]).permute(0, 3, 1, 2)
     onehot = onehot.float() * valid.unsqueeze(1)
-    inter = (prob * onehot).sum(dim=(0, 2, 3))[1:]
-    denom = (prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)))[1:]
-    dice = 1 - ((2 * inter + 1) / (denom + 1)).mean() if logits.shape[1] > 1 else 0.0
+    dice = 1 - soft_dice(prob, onehot)[1:].mean() if logits.shape[1] > 1 else 0.0
     return ce + dice_weight * dice
 
 
