@@ -9,6 +9,9 @@ model whenever a new version folder appears.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tilesight.errors import NotFound
-from tilesight.settings import Settings
+from tilesight.settings import PROJECT_ROOT, Settings
 from tilesight.tables import Model, ModelVersion
 from tilesight.triton import TritonClient
 
@@ -66,6 +69,28 @@ def link_backend(version_dir: Path) -> None:
     link = version_dir / BACKEND
     if not link.exists() and (version_dir.parent / BACKEND).is_file():
         link.symlink_to(Path("..") / BACKEND)
+
+
+def ensure_served(settings: Settings, model: str) -> bool:
+    """Give a model folder that a run has just created what Triton needs to serve it: a
+    config.pbtxt carrying its name, and the python backend. Both come from the building
+    model: the contract (uint8 image in, [B, C, H, W] probabilities out, C from
+    metadata.json) and the backend are the same for any classes. True when written."""
+    folder = settings.model_repo / model
+    if (folder / "config.pbtxt").exists():
+        return False
+    template = settings.model_repo / "buildings"
+    if not (template / "config.pbtxt").is_file():
+        template = PROJECT_ROOT / "model_repo" / "buildings"
+    text = (template / "config.pbtxt").read_text()
+    config = re.sub(r'^name: ".*"$', f'name: "{model}"', text, count=1, flags=re.M)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(template / BACKEND, folder / BACKEND)
+    # the config last: a folder with one is a model to Triton and to sync_models
+    tmp = folder / f".config.pbtxt.{uuid.uuid4().hex}"
+    tmp.write_text(config)
+    tmp.rename(folder / "config.pbtxt")
+    return True
 
 
 def sync_models(settings: Settings, session: Session) -> list[str]:

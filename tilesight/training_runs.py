@@ -14,8 +14,6 @@ import asyncio
 import json
 import logging
 import math
-import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from tilesight.db import session_scope
 from tilesight.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from tilesight.imagery.register import local_path
 from tilesight.imagery.sources import get_source
-from tilesight.settings import PROJECT_ROOT, Settings
+from tilesight.settings import Settings
 from tilesight.tables import TrainingRun as RunRow
 
 log = logging.getLogger(__name__)
@@ -254,28 +252,6 @@ def _check_raster_values(path: Path, classes: int, ignore_value: int | None) -> 
         )
 
 
-def ensure_served(settings: Settings, model: str) -> bool:
-    """Give a model folder that a run has just created what Triton needs to serve it: a
-    config.pbtxt carrying its name, and the python backend. Both come from the building
-    model: the contract (uint8 image in, [B, C, H, W] probabilities out, C from
-    metadata.json) and the backend are the same for any classes. True when written."""
-    folder = settings.model_repo / model
-    if (folder / "config.pbtxt").exists():
-        return False
-    template = settings.model_repo / "buildings"
-    if not (template / "config.pbtxt").is_file():
-        template = PROJECT_ROOT / "model_repo" / "buildings"
-    text = (template / "config.pbtxt").read_text()
-    config = re.sub(r'^name: ".*"$', f'name: "{model}"', text, count=1, flags=re.M)
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(template / "model.py", folder / "model.py")
-    # the config last: a folder with one is a model to Triton and to sync_models
-    tmp = folder / f".config.pbtxt.{uuid.uuid4().hex}"
-    tmp.write_text(config)
-    tmp.rename(folder / "config.pbtxt")
-    return True
-
-
 def _bounds_4326(geoms_3857: list[shapely.Geometry]) -> tuple[float, float, float, float]:
     minx, miny, maxx, maxy = shapely.total_bounds(geoms_3857)
     west, south = mercantile.lnglat(minx, miny)
@@ -403,7 +379,7 @@ def execute_run(
         raise
     assert version_dir is not None
     version = int(version_dir.name)
-    from tilesight.registry import sync_models
+    from tilesight.registry import ensure_served, sync_models
 
     if ensure_served(settings, model_name):
         log.info("model %s is new: config.pbtxt and backend written", model_name)

@@ -33,9 +33,9 @@ from tilesight.model.job import class_entries
 from tilesight.model.unet import SegmentationModel, UNetConfig
 from tilesight.overlay import hex_rgb
 from tilesight.predict import context_px
+from tilesight.registry import ensure_served
 from tilesight.settings import Settings
 from tilesight.stack import Stack
-from tilesight.training_runs import ensure_served
 from tilesight.triton import TritonClient
 
 MODEL = "landcover"
