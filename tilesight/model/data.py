@@ -103,7 +103,8 @@ def split_by_blocks(
     by_source: dict[str, dict[Tile, list[Tile]]] = {}
     for source, tile in tiles:
         by_source.setdefault(source, {}).setdefault(block_of(tile, block_zoom), []).append(tile)
-    train, val = set(), set()
+    train: set[tuple[str, Tile]] = set()
+    val: set[tuple[str, Tile]] = set()
     rng = random.Random(seed)
     for source in sorted(by_source):
         blocks = sorted(by_source[source])

@@ -100,7 +100,7 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
 
 def load_model(
     version_dir: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+) -> tuple[SegmentationModel, dict[str, Any]]:
     """The served module (uint8 in, probabilities out) in eval mode, and its metadata."""
     version_dir = Path(version_dir)
     metadata = read_metadata(version_dir)

@@ -9,6 +9,7 @@ at IoU >= 0.5, and each true building can be matched once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -212,7 +213,7 @@ def fit_colour_threshold(images: list[np.ndarray], truths: list[np.ndarray]) -> 
     above a cut', with the rule and cut chosen for the best pixel IoU on training tiles
     (never on validation), so the model is compared with the best simple rule."""
     feats = {"brightness": _brightness, "redness": _redness}
-    best = {"rule": "brightness", "threshold": 255.0, "pixel_iou": -1.0}
+    best: dict[str, Any] = {"rule": "brightness", "threshold": 255.0, "pixel_iou": -1.0}
     for name, fn in feats.items():
         values = np.concatenate([fn(i).ravel() for i in images])
         truth = np.concatenate([np.asarray(t).ravel() > 0 for t in truths])

@@ -73,7 +73,7 @@ def read_osm(path: Path, keys: tuple[str, ...] = ("building",)) -> list[dict[str
     return features
 
 
-def _feature(area: osmium.osm.Area, factory: osmium.geom.GeoJSONFactory) -> dict | None:
+def _feature(area: Any, factory: osmium.geom.GeoJSONFactory) -> dict | None:
     try:
         geometry = json.loads(factory.create_multipolygon(area))
     except (RuntimeError, osmium.InvalidLocationError):  # no rings, or a node not in the file

@@ -301,7 +301,7 @@ def _fit(
     use_bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
+    model = model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
     spec = getattr(train_set, "spec", None)  # a ChipDataset knows the class names
     class_names: tuple[str, ...] = spec.classes if spec is not None else ()
     class_weights = None
@@ -314,10 +314,10 @@ def _fit(
 
     # Each rank draws a disjoint share of equal length (the tail is dropped, not padded
     # with repeats), so all ranks take the same number of steps and no collective hangs.
-    sampler = None
+    sampler: DistributedSampler[Any] | None = None
     if config.distributed:
         sampler = DistributedSampler(train_set, seed=config.seed, drop_last=True)
-    share = len(sampler) if sampler is not None else len(train_set)
+    share = len(sampler) if sampler is not None else len(train_set)  # type: ignore[arg-type]
     effective_batch = min(config.batch_size, share) * world
     pin = device.type == "cuda"
     loader = DataLoader(
@@ -330,8 +330,9 @@ def _fit(
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
     if steps == 0:
+        chips = len(train_set)  # type: ignore[arg-type]
         raise InvalidInput(
-            f"no training batches: {len(train_set)} training chips for {world} process(es); "
+            f"no training batches: {chips} training chips for {world} process(es); "
             "label a larger area or start fewer processes"
         )
     total = steps * config.epochs
@@ -362,7 +363,7 @@ def _fit(
         if best_path.exists():
             best_state = torch.load(best_path, map_location="cpu", weights_only=True)
     if config.distributed:  # rank 0's checkpoint says where every rank starts
-        shared = [history, best, best_epoch, start_epoch]
+        shared: list[Any] = [history, best, best_epoch, start_epoch]
         dist.broadcast_object_list(shared, src=0)
         history, best, best_epoch, start_epoch = shared
     net: nn.Module = model
@@ -425,9 +426,9 @@ def _fit(
             if on_progress:
                 on_progress(Progress("epoch", epoch, config.epochs, steps, steps, None, scores))
         if config.distributed:  # rank 0's record, so every rank stops at the same epoch
-            shared = [history, best, best_epoch]
-            dist.broadcast_object_list(shared, src=0)
-            history, best, best_epoch = shared
+            shared_epoch: list[Any] = [history, best, best_epoch]
+            dist.broadcast_object_list(shared_epoch, src=0)
+            history, best, best_epoch = shared_epoch
     if best_state is not None and config.select_best:
         model.load_state_dict(best_state)
     model.requires_grad_(True)
@@ -450,7 +451,7 @@ def _wrap(
         p.requires_grad_(not frozen)
     net: nn.Module = model
     if config.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]
     if config.distributed:
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=ids)

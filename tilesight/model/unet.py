@@ -125,6 +125,8 @@ class SegmentationModel(nn.Module):
         self.net = UNet(config)
         mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         std = torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
