@@ -20,6 +20,7 @@ from tilesight.model.data import (
     keep_empty,
     prepare,
     split_by_blocks,
+    split_small_area,
 )
 from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
 from tilesight.model.train import TrainConfig, augment, segmentation_loss, train
@@ -74,6 +75,20 @@ def test_prepare_blanks_validation_tiles_in_training_chips(tmp_path: Path) -> No
         dx, dy = val_tile[0] - chip.tile[0], val_tile[1] - chip.tile[1]
         r, c = 160 + 140 * dy, 160 + 140 * dx  # a pixel inside the validation neighbour
         assert target[r, c] == IGNORE
+
+
+def test_a_small_area_is_split_by_finer_blocks(tmp_path: Path) -> None:
+    # the four real tiles are one z18 block: a fine-tune on such an area used to be refused
+    data = prepare([(DATA, DATA / "labels.geojson")], SPEC, tmp_path, val_fraction=0.25,
+                   empty_ratio=1.0)  # fmt: skip
+    assert (len(data.train), len(data.val)) == (3, 1)
+    assert data.summary["block_zoom_requested"] == 18 and data.summary["block_zoom"] == 19
+    assert {c.tile for c in data.train}.isdisjoint(c.tile for c in data.val)
+
+
+def test_one_tile_leaves_nothing_to_validate_on() -> None:
+    train_keys, val_keys, zoom = split_small_area([("a", (5, 5, 19))], 18, 19, 0.25, seed=0)
+    assert not val_keys and zoom == 19 and len(train_keys) == 1
 
 
 def test_bad_labels_are_rejected_early(tmp_path: Path) -> None:

@@ -120,6 +120,24 @@ def split_by_blocks(
     return train, val
 
 
+def split_small_area(
+    tiles: Sequence[tuple[str, Tile]],
+    block_zoom: int,
+    max_zoom: int,
+    val_fraction: float,
+    seed: int,
+) -> tuple[set[tuple[str, Tile]], set[tuple[str, Tile]], int]:
+    """`split_by_blocks` at the coarsest zoom, from `block_zoom` to `max_zoom`, that leaves
+    something to validate on, and that zoom. A fine-tune on a few tiles of a new place
+    fits in one z18 block; finer blocks still keep validation tiles apart from training
+    tiles (their context is blanked), so a small area trains instead of being refused."""
+    for zoom in range(block_zoom, max(block_zoom, max_zoom) + 1):
+        train, val = split_by_blocks(tiles, zoom, val_fraction, seed)
+        if val:
+            return train, val, zoom
+    return train, val, zoom
+
+
 def _cache_key(*parts: object) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -263,12 +281,15 @@ def prepare(
         found = prepare_tiles(reader, found_labels.extent(), spec.zoom)
         readers[reader.name], footprints[reader.name] = reader, found_labels
         tiles += [(reader.name, t) for t in found]
-    train_keys, val_keys = split_by_blocks(tiles, block_zoom, val_fraction, seed)
+    requested = block_zoom
+    train_keys, val_keys, block_zoom = split_small_area(
+        tiles, block_zoom, spec.zoom, val_fraction, seed
+    )
     if not val_keys:
         raise InvalidInput(
-            f"the labelled area fits in one block of zoom-{block_zoom} tiles, so nothing is "
-            f"left to validate on; label a larger area or raise block_zoom (up to {spec.zoom})",
-            block_zoom=block_zoom,
+            f"the labelled area is {len(tiles)} tile(s) of zoom {spec.zoom}, so nothing is left "
+            "to validate on; label at least two tiles",
+            tiles=len(tiles),
         )
     tune_keys: set[tuple[str, Tile]] = set()
     if tune_fraction:
@@ -289,6 +310,7 @@ def prepare(
         "held-out tiles blanked and ignored by the loss"
         + (f"; tune split: {tune_fraction} of training blocks (seed {seed + 1})" if tune else ""),
         "block_zoom": block_zoom,
+        "block_zoom_requested": requested,
         "seed": seed,
         "val_fraction": val_fraction,
         "empty_ratio": empty_ratio,
