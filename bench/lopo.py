@@ -1,0 +1,131 @@
+"""Leave one place out: how the model does on a place it has never seen.
+
+For each of the four RGB places in ../shared/data/buildings, train on the other three with
+one fixed schedule and score the left-out place whole. Every choice inside a fold (the
+epoch kept, the split) is made on blocks of the training places; the left-out place is
+read only to be scored, after training. The chip cache is shared by the folds, so chips
+are cut once.
+
+Run: .venv/bin/python bench/lopo.py [--epochs 25] [--width 8] [--places tanzania,dhaka]
+     [--out bench/lopo.json]
+Prints one row per fold and the mean; --out keeps the table as JSON.
+
+Scoring is `tilesight evaluate`'s (model.job.evaluate_version): every tile of the place at
+the model's zoom, objects split by `split_instances` and matched at IoU 0.5. An area job
+stitches chunks and vectorises polygons instead; the two count the same objects on whole
+tiles, but polygons are cleaned, so the job path can differ slightly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tilesight.model.data import ChipSpec
+from tilesight.model.job import TrainingRun, evaluate_version, run_training
+from tilesight.model.train import TrainConfig
+
+DATA = Path(os.environ.get("TILESIGHT_SHARED_DATA", Path(__file__).resolve().parents[2] /
+            "shared" / "data")) / "buildings"  # fmt: skip
+
+# place -> (imagery, labels): chip folders, except atlanta's single UTM GeoTIFF
+PLACES = {
+    "tanzania": (DATA / "tanzania", DATA / "tanzania" / "labels.geojson"),
+    "nairobi": (DATA / "nairobi", DATA / "nairobi" / "labels.geojson"),
+    "dhaka": (DATA / "dhaka", DATA / "dhaka" / "labels.geojson"),
+    "atlanta-rgb": (
+        DATA / "atlanta-rgb" / "atlanta_nadir10_737201_3736839.tif",
+        DATA / "atlanta-rgb" / "labels.geojson",
+    ),
+}
+SCORES = ("object_f1", "object_precision", "object_recall", "pixel_iou")
+
+
+def folds(places: list[str]) -> list[tuple[str, list[str]]]:
+    """(left-out place, training places) for each place: the training places never
+    include the one scored."""
+    return [(out, [p for p in places if p != out]) for out in places]
+
+
+def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path) -> dict:
+    run = TrainingRun(
+        sources=[PLACES[p] for p in train_on],
+        model_repo=work / f"repo-{out}",
+        chips=ChipSpec(zoom=19, buffer=32, jitter=32),
+        width=args.width,
+        depth=args.depth,
+        loop=TrainConfig(
+            epochs=args.epochs,
+            batch_size=8,
+            lr=args.lr,
+            seed=0,
+            patience=args.epochs,
+            run_dir=work / f"run-{out}",
+            resume=False,
+            max_steps_per_epoch=args.max_steps,
+        ),  # fmt: skip
+        cache_dir=args.cache,
+        val_fraction=0.2,  # an in-place tune split: blocks of the training places
+        tune_fraction=0.2,  # early stopping and the best epoch, on training places only
+    )
+    start = time.perf_counter()
+    version, meta = run_training(run)
+    trained_s = time.perf_counter() - start
+    imagery, labels = PLACES[out]
+    scored = evaluate_version(version, imagery, labels, cache_dir=args.cache)
+    return {
+        "left_out": out,
+        "trained_on": train_on,
+        "train_s": round(trained_s, 1),
+        "best_epoch": meta["metrics"].get("best_epoch"),
+        "in_place_val_object_f1": meta.get("metrics", {}).get("object_f1"),
+        **{k: round(float(scored[k]), 4) for k in SCORES},
+        "tiles": scored["tiles"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--places", default=",".join(PLACES))
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--max-steps", type=int, help="cut epochs short (a smoke run)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path(".tilesight/chips-lopo"))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    places = args.places.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lopo-") as tmp:
+        for out, train_on in folds(places):
+            row = run_fold(out, train_on, args, Path(tmp))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    mean = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in SCORES}
+    schedule = (
+        f"U-Net width {args.width} depth {args.depth}, z19 chips, {args.epochs} epochs max, "
+        f"batch 8, lr {args.lr}, best epoch on a tune split of the training places"
+    )
+    print(f"\n| left out | {' | '.join(SCORES)} | train s |")
+    print(f"|---|{'---|' * (len(SCORES) + 1)}")
+    for r in rows:
+        print(f"| {r['left_out']} | {' | '.join(str(r[k]) for k in SCORES)} | {r['train_s']} |")
+    print(f"| **mean** | {' | '.join(str(mean[k]) for k in SCORES)} | |")
+    print(f"\nschedule: {schedule}")
+    if args.out:
+        args.out.write_text(
+            json.dumps({"schedule": schedule, "folds": rows, "mean": mean}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
