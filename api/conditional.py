@@ -1,8 +1,11 @@
-"""Conditional requests: one reading of If-None-Match for every tile route."""
+"""Conditional requests: one reading of If-None-Match for every tile and TileJSON route."""
 
 from __future__ import annotations
 
-from fastapi import Request
+import hashlib
+
+from fastapi import Request, Response
+from pydantic import BaseModel
 
 
 def not_modified(request: Request, etag: str) -> bool:
@@ -12,3 +15,16 @@ def not_modified(request: Request, etag: str) -> bool:
         return False
     tags = [t.strip().removeprefix("W/") for t in header.split(",")]
     return "*" in tags or etag in tags
+
+
+def json_with_etag(request: Request, payload: BaseModel, cache_control: str) -> Response:
+    """A JSON document with a weak ETag of its bytes, or a 304 when the client has it.
+
+    Weak, because the gzip middleware may send other bytes for the same document.
+    """
+    body = payload.model_dump_json(exclude_none=True).encode()
+    etag = 'W/"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    if not_modified(request, etag.removeprefix("W/")):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)

@@ -8,11 +8,13 @@ singleton except the cached default used by the CLI.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +85,24 @@ class Settings(BaseSettings):
         description="budget -> [tokens per second, burst], per API key or client address",
     )
     max_active_jobs_per_key: int = 4
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins (https://maps.example.org) whose pages may also call the "
+        "routes that change state; any origin may read tiles, TileJSON and exports; "
+        "comma-separated in TILESIGHT_CORS_ORIGINS, '*' for all",
+    )
     max_queued_chunks: int = 5000
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """A comma-separated list from the environment, or a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _derive_urls(self) -> Settings:

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
 from api.access import principal_of
+from api.conditional import not_modified
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from tilesight.errors import InvalidInput
+from tilesight.errors import InvalidInput, NotFound
 from tilesight.jobs import export, service
 from tilesight.jobs.evaluate import evaluate_job
 
@@ -102,6 +108,8 @@ def _public(job: service.JobStatus) -> JobPublic:
         "self": base,
         "events": f"{base}/events",
         "buildings": f"{base}/buildings.geojson",
+        **{f"buildings_{ext}": f"{base}/buildings.{ext}" for ext in export.FORMATS},
+        "tilejson": f"/buildings/tilejson.json?job={job.id}",
         "tiles": f"/buildings/{{z}}/{{x}}/{{y}}.mvt?job={job.id}",
     }
     return JobPublic(**job.__dict__, links=links)
@@ -113,7 +121,12 @@ def _public(job: service.JobStatus) -> JobPublic:
     summary="Submit an area job: find every building in an AOI",
 )
 def submit(
-    body: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, celery: CeleryDep
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
 ) -> JobCreated:
     with session.begin():
         job = service.create_job(
@@ -127,9 +140,11 @@ def submit(
             owner_key_id=principal_of(request).key_id,
         )
     service.enqueue_job(session, celery, job)
+    url = str(request.url_for("read_job", job_id=job.id))
+    response.headers["Location"] = url
     return JobCreated(
         id=job.id,
-        url=str(request.url_for("read_job", job_id=job.id)),
+        url=url,
         state=job.state,
         chunks_total=job.chunks_total,
         tiles=job.tiles_total,
@@ -234,9 +249,12 @@ def buildings_geojson(
     bbox: Annotated[
         str | None, Query(description="west,south,east,north in degrees: only these buildings")
     ] = None,
-) -> StreamingResponse:
+) -> Response:
     box = parse_bbox(bbox)
-    service.get_job(session, job_id, principal_of(request))  # 404 before the stream starts
+    job = service.get_job(session, job_id, principal_of(request))  # 404 before the stream
+    headers = _download_headers(job, "geojson", bbox)
+    if "ETag" in headers and not_modified(request, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
     factory = request.app.state.sessionmaker
 
     def stream() -> Iterator[bytes]:
@@ -244,11 +262,60 @@ def buildings_geojson(
             assert isinstance(own, Session)
             yield from export.geojson_chunks(own, job_id, box)
 
-    return StreamingResponse(
-        stream(),
-        media_type="application/geo+json",
-        headers={"Content-Disposition": f'attachment; filename="buildings-{job_id}.geojson"'},
+    return StreamingResponse(stream(), media_type="application/geo+json", headers=headers)
+
+
+@router.get(
+    "/{job_id}/buildings.{extension}",
+    summary="The job's buildings as FlatGeobuf (.fgb) or GeoParquet (.parquet)",
+    response_class=FileResponse,
+    responses={200: {"content": {f.media_type: {} for f in export.FORMATS.values()}}},
+)
+def buildings_file(
+    job_id: uuid.UUID,
+    extension: str,
+    request: Request,
+    session: SessionDep,
+    bbox: Annotated[
+        str | None, Query(description="west,south,east,north in degrees: only these buildings")
+    ] = None,
+) -> Response:
+    if extension not in export.FORMATS:
+        raise NotFound(
+            f"no export format .{extension}",
+            formats=["geojson", *export.FORMATS],
+        )
+    box = parse_bbox(bbox)
+    job = service.get_job(session, job_id, principal_of(request))
+    headers = _download_headers(job, extension, bbox)
+    if "ETag" in headers and not_modified(request, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    folder = Path(tempfile.mkdtemp(prefix="tilesight-export-"))
+    path = folder / f"buildings-{job_id}.{extension}"
+    try:
+        fmt = export.write_buildings(session, job_id, extension, path, box)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(
+        path,
+        media_type=fmt.media_type,
+        headers=headers,
+        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
     )
+
+
+def _download_headers(job: service.JobStatus, extension: str, bbox: str | None) -> dict[str, str]:
+    """A finished job's buildings never change, so they get an ETag and may be cached."""
+    headers = {
+        "Content-Disposition": f'attachment; filename="buildings-{job.id}.{extension}"',
+        "Cache-Control": "no-cache",
+    }
+    if job.state in service.TERMINAL and job.finished_at is not None:
+        key = f"{job.id}|{job.finished_at.isoformat()}|{extension}|{bbox}"
+        headers["ETag"] = '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
+        headers["Cache-Control"] = "private, max-age=3600"
+    return headers
 
 
 @router.get(

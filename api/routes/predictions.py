@@ -10,10 +10,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
-from api.conditional import not_modified
+from api.conditional import json_with_etag, not_modified
 from api.deps import SessionDep
+from api.tilejson import CACHE_CONTROL as TILEJSON_CACHE
+from api.tilejson import TileJSON, center
 from tilesight import overlay, predict, registry
 from tilesight.imagery.reader import check_tile
 from tilesight.imagery.sources import SourceCache, SourceInfo
@@ -195,23 +196,10 @@ async def tile(
     return await _tile(request, ctx, layer, style, z, x, y, 1)
 
 
-class PredictionTileJSON(BaseModel):
-    tilejson: str = "3.0.0"
-    name: str
-    description: str = ""
-    version: str = Field(description="the model version these tiles come from")
-    attribution: str
-    scheme: str = "xyz"
-    tiles: list[str]
-    minzoom: int = Field(description="predictions exist from this zoom (the model's reach)")
-    maxzoom: int
-    bounds: list[float]
-    center: list[float] = Field(description="longitude, latitude, zoom")
-
-
 @router.get(
     "/{model}/{source}/tilejson.json",
-    response_model=PredictionTileJSON,
+    response_model=TileJSON,
+    response_model_exclude_none=True,
     summary="TileJSON 3.0 for a model's overlay over a source",
 )
 def tilejson(
@@ -219,7 +207,7 @@ def tilejson(
     layer: LayerDep,
     style: StyleDep,
     tile_scale: Annotated[int, Query(ge=1, le=2)] = 1,
-) -> PredictionTileJSON:
+) -> Response:
     source, meta = layer.source, layer.metadata
     query = style.query()
     if layer.pinned:
@@ -232,16 +220,19 @@ def tilejson(
     minzoom = max(source.minzoom, predict.min_zoom(meta))
     maxzoom = max(source.maxzoom, minzoom)
     lon, lat = source.center
+    # the imagery's credit is on the imagery layer; the overlay credits its training data
     training = meta.get("training_data")
     credit = training.get("attribution", "") if isinstance(training, dict) else ""
-    return PredictionTileJSON(
+    document = TileJSON(
         name=f"{layer.model} v{layer.version} over {source.name}",
         description=f"{layer.model} predictions (native zoom {meta['zoom']})",
-        version=str(layer.version),
-        attribution="; ".join(a for a in (source.attribution, credit) if a),
+        version=f"{layer.version}.0.0",
+        attribution=credit or None,
         tiles=[url],
         minzoom=minzoom,
         maxzoom=maxzoom,
         bounds=list(source.bounds),
-        center=[lon, lat, min(maxzoom, int(meta["zoom"]))],
+        center=center(lon, lat, int(meta["zoom"]), minzoom, maxzoom),
     )
+    cache = TILEJSON_CACHE if layer.pinned else CACHE_PROMOTED
+    return json_with_etag(request, document, cache)

@@ -8,10 +8,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
 
-from api.conditional import not_modified
+from api.conditional import json_with_etag, not_modified
 from api.deps import SessionDep
+from api.tilejson import CACHE_CONTROL as TILEJSON_CACHE
+from api.tilejson import TileJSON, center
 from tilesight.errors import InvalidInput
 from tilesight.imagery.reader import check_tile, read_tile, tile_problem
 from tilesight.imagery.render import MEDIA_TYPES, empty_tile, encode
@@ -115,20 +116,6 @@ async def _tile(
     return Response(content, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-class TileJSON(BaseModel):
-    tilejson: str = "3.0.0"
-    name: str
-    description: str = ""
-    version: str = "1.0.0"
-    attribution: str
-    scheme: str = "xyz"
-    tiles: list[str]
-    minzoom: int
-    maxzoom: int
-    bounds: list[float]
-    center: list[float] = Field(description="longitude, latitude, zoom")
-
-
 @router.get(
     "/{source_id}/tilejson.json",
     response_model=TileJSON,
@@ -142,7 +129,7 @@ async def tilejson(
     params: TileParamsDep,
     tile_format: Annotated[str, Query(description="png, jpg or webp")] = "png",
     tile_scale: Annotated[int, Query(ge=1, le=2, description="2 for 512 px tiles")] = 1,
-) -> TileJSON:
+) -> Response:
     if tile_format not in MEDIA_TYPES:
         raise InvalidInput(f"unsupported tile format {tile_format!r}", formats=sorted(MEDIA_TYPES))
     source = await run_in_threadpool(source_cache(request).get, session, source_id)
@@ -151,15 +138,16 @@ async def tilejson(
     query = params.query()
     url = f"{base}/tiles/{source.id}/{{z}}/{{x}}/{{y}}{suffix}.{tile_format}"
     lon, lat = source.center
-    return TileJSON(
+    document = TileJSON(
         name=source.name,
-        attribution=source.attribution,
+        attribution=source.attribution or None,
         tiles=[f"{url}?{query}" if query else url],
         minzoom=source.minzoom,
         maxzoom=source.maxzoom,
         bounds=list(source.bounds),
-        center=[lon, lat, max(source.minzoom, min(source.native_zoom, source.maxzoom) - 2)],
+        center=center(lon, lat, source.native_zoom - 2, source.minzoom, source.maxzoom),
     )
+    return json_with_etag(request, document, TILEJSON_CACHE)
 
 
 TILE_RESPONSES: dict[int | str, dict[str, Any]] = {

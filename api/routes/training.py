@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from api.deps import CeleryDep, SessionDep, SettingsDep
@@ -107,12 +107,18 @@ class RunPublic(BaseModel):
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, summary="Start a training run")
 def create(
-    body: RunCreate, session: SessionDep, settings: SettingsDep, celery: CeleryDep
+    body: RunCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
 ) -> RunPublic:
     with session.begin():
         row = create_run(settings, session, RunRequest(**body.model_dump()))
     celery.send_task("tilesight.training.run", args=[str(row.id)], queue="gpu", routing_key="gpu")
-    return RunPublic.of(row)
+    run = RunPublic.of(row)
+    response.headers["Location"] = run.url
+    return run
 
 
 @router.get("", summary="List training runs, newest first")

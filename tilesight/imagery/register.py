@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from tilesight.errors import Conflict, InvalidInput
 from tilesight.imagery import xyz
+from tilesight.imagery.center import data_center
 from tilesight.imagery.chips import chips_to_cog, extract_zip
 from tilesight.imagery.cog import Progress, is_cog, to_cog
 from tilesight.imagery.rasters import inspect, open_geotiff
@@ -131,7 +132,11 @@ def register_file(
             maxzoom=facts.maxzoom,
             band_count=facts.band_count,
             dtype=facts.dtype,
-            info={"native_zoom": facts.native_zoom, "rescale": facts.rescale},
+            info={
+                "native_zoom": facts.native_zoom,
+                "rescale": facts.rescale,
+                "center": data_center(cog),
+            },
         )
         session.add(row)
         session.commit()

@@ -39,6 +39,7 @@ class SourceInfo:
     dtype: str
     rescale: tuple[float, float] | None  # default stretch to 8 bit, for non-uint8 data
     version: str  # changes when the source is re-registered: part of every tile ETag
+    data_point: tuple[float, float] | None = None  # lon, lat on real pixels (center.py)
 
     @classmethod
     def from_row(cls, row: Source) -> SourceInfo:
@@ -60,10 +61,14 @@ class SourceInfo:
             dtype=row.dtype,
             rescale=(float(rescale[0]), float(rescale[1])) if rescale else None,
             version=row.created_at.isoformat() if row.created_at else "",
+            data_point=tuple(info["center"]) if info.get("center") else None,  # type: ignore[arg-type]
         )
 
     @property
     def center(self) -> tuple[float, float]:
+        """A point with imagery under it: chip mosaics have gaps at their middle."""
+        if self.data_point is not None:
+            return self.data_point
         west, south, east, north = self.bounds
         return ((west + east) / 2, (south + north) / 2)
 
