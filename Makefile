@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-APT_PACKAGES := postgresql-15-postgis-3 redis-server chromium
+APT_PACKAGES := postgresql-15-postgis-3 redis-server chromium gdal-bin
 
 .PHONY: up test deps system python web lint format down status bench clean
 
