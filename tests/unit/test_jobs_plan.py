@@ -96,3 +96,72 @@ def test_plan_cuts_the_aoi_to_the_source() -> None:
     p = plan(mapping(tiles_box(8, 8, 1e-7)), footprint=tiles_box(4, 4))
     assert len(p.tiles) == 16 and len(p.chunks) == 1
     assert 0 < p.area_km2 < 0.1
+
+
+WORLD = box(-180, -85.0511, 180, 85.0511)  # the footprint of a world-wide (XYZ) source
+
+
+@pytest.mark.parametrize(
+    "ring",
+    [
+        [[-180, 0], [180, 0], [180, 1], [-180, 1], [-180, 0]],  # exactly 360°: area reads 0
+        [[170, 0], [-170, 0], [-170, 1], [170, 1], [170, 0]],  # across the antimeridian
+    ],
+)
+def test_a_ring_wider_than_half_the_globe_is_refused(ring) -> None:
+    with pytest.raises(Unprocessable, match="antimeridian") as err:
+        plan({"type": "Polygon", "coordinates": [ring]}, footprint=WORLD, max_area_km2=1e9)
+    assert err.value.detail["limit_degrees"] == 180
+
+
+def test_an_aoi_split_at_the_antimeridian_is_accepted() -> None:
+    east = box(179.9999, 0, 180, 0.0001)
+    west = box(-180, 0, -179.9999, 0.0001)
+    aoi = {"type": "MultiPolygon", "coordinates": [mapping(east)["coordinates"],
+                                                   mapping(west)["coordinates"]]}  # fmt: skip
+    assert parse_aoi(aoi).geoms[0].bounds[2] == 180
+    assert plan(aoi, footprint=WORLD).tiles
+
+
+@pytest.mark.parametrize(
+    "band",
+    [
+        box(-179, 40, 0.5, 40.01),  # a 0.01° band half around the world: millions of tiles
+        box(-179.9, 80, 0, 80.0001),  # thinner and further north: under the area limit
+    ],
+)
+def test_a_thin_world_band_is_refused_within_a_second(band) -> None:
+    import time
+
+    start = time.process_time()  # CPU seconds: what the check costs, however busy the box
+    with pytest.raises(TooLarge) as err:
+        plan(mapping(band), footprint=WORLD, max_area_km2=1e6)
+    assert time.process_time() - start < 1.0
+    assert err.value.detail["limit_tiles"] == 20_000
+    assert err.value.detail["tiles_at_least"] > 20_000
+
+
+def test_the_tile_count_stops_at_the_limit() -> None:
+    """A cover just over the limit is refused; one at the limit is planned in full."""
+    aoi = parse_aoi(mapping(tiles_box(10, 10, 1e-7)))
+    assert len(tile_cover(aoi, Z, limit=100)) == 100
+    with pytest.raises(TooLarge):
+        tile_cover(aoi, Z, limit=99)
+
+
+@pytest.mark.parametrize(
+    ("position", "field"),
+    [
+        ([float("nan"), 0], "aoi.coordinates[0][1][0]"),
+        ([0, float("inf")], "aoi.coordinates[0][1][1]"),
+        ([0, 10**400], "aoi.coordinates[0][1][1]"),
+        ([True, 0], "aoi.coordinates[0][1][0]"),
+        (["0", 0], "aoi.coordinates[0][1][0]"),
+        ([0], "aoi.coordinates[0][1]"),
+    ],
+)
+def test_a_bad_coordinate_is_named(position, field) -> None:
+    ring = [[0, 0], position, [1, 1], [0, 1], [0, 0]]
+    with pytest.raises(Unprocessable) as err:
+        parse_aoi({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    assert err.value.detail["field"] == field.replace("aoi.", "aoi.geometry.")

@@ -13,14 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import mercantile
+import numpy as np
 import shapely
 from pyproj import Geod
-from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
+from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.validation import explain_validity
-from supermercado import burntiles
 
 from tilesight.errors import TooLarge, Unprocessable
+from tilesight.geocheck import check_geojson
 
 GEOD = Geod(ellps="WGS84")
 Tile = tuple[int, int, int]
@@ -50,16 +50,21 @@ def parse_aoi(aoi: dict[str, Any]) -> MultiPolygon:
 
     Invalid outlines are refused rather than repaired: a silently "fixed" bow-tie may
     cover a very different area from the one the user meant to draw."""
+    check_geojson(aoi, "aoi")
+    return _parse(aoi)
+
+
+def _parse(aoi: Any) -> MultiPolygon:
     if not isinstance(aoi, dict) or "type" not in aoi:
         raise Unprocessable("aoi must be a GeoJSON Polygon, MultiPolygon or Feature object")
     kind = aoi["type"]
     if kind == "Feature":
-        return parse_aoi(aoi.get("geometry") or {})
+        return _parse(aoi.get("geometry") or {})
     if kind == "FeatureCollection":
         features = aoi.get("features") or []
         if not features:
             raise Unprocessable("aoi FeatureCollection has no features; draw at least one polygon")
-        parts = [parse_aoi(f) for f in features]
+        parts = [_parse(f) for f in features]
         return _as_multipolygon(shapely.union_all(parts))
     if kind not in ("Polygon", "MultiPolygon"):
         raise Unprocessable(
@@ -81,6 +86,7 @@ def parse_aoi(aoi: dict[str, Any]) -> MultiPolygon:
             "within Web-Mercator's range",
             bounds=[minx, miny, maxx, maxy],
         )
+    _refuse_wide_parts(geom)
     if not geom.is_valid:
         reason = explain_validity(geom)
         raise Unprocessable(
@@ -93,22 +99,76 @@ def parse_aoi(aoi: dict[str, Any]) -> MultiPolygon:
     return _as_multipolygon(geom)
 
 
+def _refuse_wide_parts(geom: Polygon | MultiPolygon) -> None:
+    """A polygon wider than 180° of longitude is almost surely one that crosses the
+    antimeridian drawn with its longitudes unwrapped (RFC 7946 asks for such a polygon
+    to be split), or a band all around the globe, whose geodesic area reads as 0; either
+    way its area and tiles would not be what the user meant."""
+    parts = geom.geoms if isinstance(geom, MultiPolygon) else [geom]
+    for part in parts:
+        west, _, east, _ = part.bounds
+        if east - west > 180:
+            raise Unprocessable(
+                f"aoi spans {east - west:g}° of longitude; a polygon may span at most 180°. "
+                "If it crosses the antimeridian, split it there into a MultiPolygon with one "
+                "part each side of ±180° (RFC 7946, 3.1.9)",
+                span_degrees=round(east - west, 6),
+                limit_degrees=180,
+            )
+
+
 def geodesic_area_km2(geom: Polygon | MultiPolygon) -> float:
     area, _ = GEOD.geometry_area_perimeter(geom)
     return abs(area) / 1e6
 
 
-def tile_cover(aoi: MultiPolygon, zoom: int) -> list[Tile]:
-    """Every tile at `zoom` that the AOI touches, in row-major order."""
-    # supermercado burns Polygon features only, so each part goes in as its own feature
-    features = [{"type": "Feature", "properties": {}, "geometry": mapping(p)} for p in aoi.geoms]
-    tiles = {(int(x), int(y), int(z)) for x, y, z in burntiles.burn(features, zoom)}
-    # burn() rasterises with all_touched, which may add a tile the AOI only grazes at a
-    # corner; keep the tiles whose square really meets the AOI.
-    return sorted(
-        (t for t in tiles if aoi.intersects(box(*mercantile.bounds(*t)))),
-        key=lambda t: (t[1], t[0]),
-    )
+def tile_cover(aoi: MultiPolygon, zoom: int, limit: int | None = None) -> list[Tile]:
+    """Every tile at `zoom` whose square overlaps the AOI, in row-major order.
+
+    Found by descending the quadtree from zoom 0, keeping at each level the tiles that
+    meet the AOI: a tile meets it only if its parent does, and a level never holds more
+    tiles than the next, so once a level passes `limit` the answer does too and the
+    descent stops (TooLarge). Checking a thin band around the world thus costs about
+    `limit` tiles per level, not the millions of tiles in its bounding box."""
+    shapely.prepare(aoi)
+    west, south, east, north = aoi.bounds
+    xs = np.zeros(1, dtype=np.int64)
+    ys = np.zeros(1, dtype=np.int64)
+    for z in range(1, zoom + 1):
+        xs = np.repeat(xs * 2, 4) + np.tile(np.array([0, 1, 0, 1]), len(xs))
+        ys = np.repeat(ys * 2, 4) + np.tile(np.array([0, 0, 1, 1]), len(ys))
+        w, s, e, n = _tile_bounds(xs, ys, z)
+        near = (w < east) & (e > west) & (s < north) & (n > south)  # cheap, before shapes
+        xs, ys = xs[near], ys[near]
+        boxes = shapely.box(w[near], s[near], e[near], n[near])
+        meets = shapely.intersects(aoi, boxes)
+        xs, ys, boxes = xs[meets], ys[meets], boxes[meets]
+        if z == zoom or (limit is not None and len(xs) > limit):
+            # Interiors must meet: a tile that only shares an edge with the AOI has no
+            # work. Slower than `intersects`, so asked only where the count matters.
+            inside = ~shapely.touches(aoi, boxes)
+            xs, ys = xs[inside], ys[inside]
+        if limit is not None and len(xs) > limit:
+            raise TooLarge(
+                f"aoi needs more than {limit} tiles at zoom {zoom} ({len(xs)} already at "
+                f"zoom {z}), above the limit of {limit}; split it into smaller areas",
+                tiles_at_least=len(xs),
+                limit_tiles=limit,
+            )
+    order = np.lexsort((xs, ys))
+    return [(int(xs[i]), int(ys[i]), zoom) for i in order]
+
+
+def _tile_bounds(
+    xs: np.ndarray, ys: np.ndarray, z: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """West, south, east, north of tiles, as mercantile.bounds computes them, all at once."""
+    n = 2.0**z
+
+    def lat(y: np.ndarray) -> np.ndarray:
+        return np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * y / n))))
+
+    return xs / n * 360.0 - 180.0, lat(ys + 1), (xs + 1) / n * 360.0 - 180.0, lat(ys)
 
 
 def chunk_side(chunk_tiles: int) -> int:
@@ -161,14 +221,7 @@ def plan_job(
             aoi_bounds=list(requested.bounds),
         )
     covered = _as_multipolygon(covered)
-    tiles = tile_cover(covered, zoom)
-    if len(tiles) > max_tiles:
-        raise TooLarge(
-            f"aoi needs {len(tiles)} tiles at zoom {zoom}, above the limit of {max_tiles}; "
-            "split it into smaller areas",
-            tiles=len(tiles),
-            limit_tiles=max_tiles,
-        )
+    tiles = tile_cover(covered, zoom, limit=max_tiles)
     if not tiles:
         raise Unprocessable(f"aoi covers no tile of source {source_id!r} at zoom {zoom}")
     side = chunk_side(chunk_tiles)
