@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 import uuid
@@ -335,7 +336,13 @@ def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
     try:
         west, south, east, north = (float(v) for v in bbox.split(","))
     except ValueError as exc:
-        raise InvalidInput("bbox must be four numbers: west,south,east,north") from exc
+        raise InvalidInput(
+            "bbox must be four numbers: west,south,east,north", bbox=bbox[:100]
+        ) from exc
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise InvalidInput(
+            "bbox values must be finite numbers (not NaN or Infinity)", bbox=bbox[:100]
+        )
     if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
         raise InvalidInput(
             "bbox must be west,south,east,north in degrees with west < east and south < north",
