@@ -38,6 +38,14 @@ class Principal:
 ANONYMOUS = Principal(key_id=None, name="anonymous", scopes=frozenset(SCOPES))
 
 
+def owner_filter(viewer: Principal | None) -> int | None | bool:
+    """Whose rows (jobs, training runs) `viewer` may see: True for everyone's (admin, or no
+    key on a server that needs none), else the id of the key that made them."""
+    if viewer is None or viewer.allows("admin"):
+        return True
+    return viewer.key_id
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

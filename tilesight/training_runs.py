@@ -11,9 +11,9 @@ idempotent: checkpoints live in a folder named after the run, so a re-delivered 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,18 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import mercantile
-import numpy as np
 import shapely
 from shapely.geometry import box
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tilesight.db import session_scope
-from tilesight.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from tilesight.errors import Conflict, InvalidInput, NotFound, TilesightError, Unprocessable
+from tilesight.geocheck import check_geojson
 from tilesight.imagery.register import local_path
 from tilesight.imagery.sources import get_source
+from tilesight.keys import Principal, owner_filter
 from tilesight.settings import Settings
 from tilesight.tables import TrainingRun as RunRow
+from tilesight.training_checks import (
+    check_classes,
+    check_model_predicts_the_same,
+    check_raster_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,31 @@ class RunRequest:
             object.__setattr__(self, "class_weights", tuple(self.class_weights))
 
 
-def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
-    """Validate a request and store the run; the caller queues the task after commit."""
+def create_run(
+    settings: Settings, session: Session, req: RunRequest, owner_key_id: int | None = None
+) -> RunRow:
+    """Validate a request and store the run; the caller queues the task after commit.
+
+    A refused request leaves nothing behind (inline labels are written to check them,
+    and removed again), and its error names the user's input, not the server's paths."""
+    run_id = uuid.uuid4()
+    try:
+        return _create(settings, session, req, run_id, owner_key_id)
+    except BaseException as exc:
+        if req.labels is not None:
+            _inline_labels_file(settings, run_id).unlink(missing_ok=True)
+        if isinstance(exc, TilesightError):
+            in_users_terms(exc, server_paths(settings, req, run_id))
+        raise
+
+
+def _create(
+    settings: Settings,
+    session: Session,
+    req: RunRequest,
+    run_id: uuid.UUID,
+    owner_key_id: int | None,
+) -> RunRow:
     from tilesight.model.labels import is_raster, load_labels
     from tilesight.model.train import TrainConfig
 
@@ -99,8 +128,8 @@ def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
     if not 12 <= req.zoom <= 22:
         raise InvalidInput("zoom must be between 12 and 22")
     TrainConfig(epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, patience=req.patience)
-    _check_classes(req)
-    _check_model_predicts_the_same(settings, req)
+    check_classes(req)
+    check_model_predicts_the_same(settings, req)
     if req.init_from_version is not None:
         version_dir = settings.model_repo / req.model / str(req.init_from_version)
         if not (version_dir / "metadata.json").exists():
@@ -108,8 +137,9 @@ def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
         from tilesight.model.job import check_init_from
 
         check_init_from(version_dir, req.width, req.depth)  # 400 now, not a failed run later
+    if req.labels is not None:
+        check_geojson(req.labels, "labels")  # before NaN or `true` is written to a file
 
-    run_id = uuid.uuid4()
     labels_file = _labels_file(settings, req, run_id)
     if is_raster(labels_file) and not req.classes:
         raise InvalidInput(
@@ -119,7 +149,7 @@ def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
     # InvalidInput when empty, not GeoJSON/OSM/a raster, or without a polygon of the classes
     labels = load_labels(labels_file, req.classes, req.class_property, req.ignore_value)
     if labels.raster is not None:
-        _check_raster_values(labels_file, len(req.classes), req.ignore_value)
+        check_raster_values(labels_file, len(req.classes), req.ignore_value)
     labels_4326 = _bounds_4326(labels.extent())
     if not box(*labels_4326).intersects(box(*source.bounds)):
         raise Unprocessable(
@@ -134,10 +164,15 @@ def create_run(settings: Settings, session: Session, req: RunRequest) -> RunRow:
         labels_path=str(labels_file),
         params={k: v for k, v in req.__dict__.items() if k not in ("labels", "labels_path")},
         state="queued",
+        owner_key_id=owner_key_id,
     )
     session.add(row)
     session.flush()
     return row
+
+
+def _inline_labels_file(settings: Settings, run_id: uuid.UUID) -> Path:
+    return settings.home / "labels" / f"{run_id}.geojson"
 
 
 def _labels_file(settings: Settings, req: RunRequest, run_id: uuid.UUID) -> Path:
@@ -145,111 +180,47 @@ def _labels_file(settings: Settings, req: RunRequest, run_id: uuid.UUID) -> Path
         raise InvalidInput("give the footprints either inline as `labels` or as `labels_path`")
     if req.labels_path is not None:
         return local_path(settings, req.labels_path)
-    path = settings.home / "labels" / f"{run_id}.geojson"
+    path = _inline_labels_file(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(req.labels))
     return path
 
 
-def _check_classes(req: RunRequest) -> None:
-    """What the class fields must agree on, with each other and with `border`."""
-    from tilesight.overlay import BACKGROUND_NAMES
-
-    names = req.classes
-    if not names:
-        extra = [k for k in ("class_weights", "ignore_value") if getattr(req, k) is not None]
-        if extra:
-            raise InvalidInput(
-                f"{' and '.join(extra)} belong to a multi-class run: give `classes` "
-                "(background first) as well, or leave them out for a building model",
-                fields=extra,
-            )
-        return
-    if not 2 <= len(names) <= 32 or not all(names):
-        raise InvalidInput("give 2 to 32 non-empty class names, background first")
-    lower = [n.lower() for n in names]
-    twice = sorted({n for n in lower if lower.count(n) > 1})
-    if twice:
-        raise InvalidInput(f"class names must differ (case aside): {twice} appear twice")
-    if lower[0] not in BACKGROUND_NAMES:
-        raise InvalidInput(
-            f"the first class is the background (pixels no polygon covers, raster value 0), "
-            f"which metrics and the overlay leave out: name it 'background', not {names[0]!r}",
-            background_names=sorted(BACKGROUND_NAMES),
-        )
-    if req.border:
-        raise InvalidInput(
-            "the border class separates touching building footprints: leave out `border` "
-            "for a multi-class run"
-        )
-    weights = req.class_weights
-    if weights is not None:
-        if len(weights) != len(names):
-            raise InvalidInput(
-                f"{len(weights)} class_weights for {len(names)} classes: give one weight per "
-                "class, in the order of `classes`",
-                classes=list(names),
-            )
-        if not all(0 <= w <= 1000 for w in weights) or not any(w > 0 for w in weights):
-            raise InvalidInput("class_weights are 0..1000 and at least one is above 0")
-    value = req.ignore_value
-    if value is not None:
-        if not 0 <= value <= 255:
-            raise InvalidInput("ignore_value is a label raster value, 0..255")
-        if value < len(names):
-            raise InvalidInput(
-                f"ignore_value {value} is the value of class {names[value]!r}: give the value "
-                f"the raster uses for unlabelled pixels, one no class uses (e.g. 255)"
-            )
+def server_paths(settings: Settings, req: RunRequest, run_id: uuid.UUID) -> dict[str, str]:
+    """The server's own paths an error may hold, each with the words a user knows it by."""
+    label = "the inline `labels`" if req.labels is not None else f"`{req.labels_path}`"
+    paths = {str(_inline_labels_file(settings, run_id)): label}
+    if req.labels_path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            paths[str(local_path(settings, req.labels_path))] = label
+    for root in settings.data_roots:
+        paths[str(root)] = "<data root>"
+        with contextlib.suppress(OSError, ValueError):
+            paths[str(root.resolve())] = "<data root>"
+    paths[str(settings.model_repo)] = "<model repository>"
+    paths[str(settings.home)] = "<server home>"
+    return paths
 
 
-def _check_model_predicts_the_same(settings: Settings, req: RunRequest) -> None:
-    """A run adds a version to `req.model`, and a promoted version replaces the overlay
-    and the area jobs' model: every version of one model predicts the same classes."""
-    from tilesight.registry import model_metadata, version_dirs
+def in_users_terms(exc: TilesightError, paths: dict[str, str]) -> None:
+    """Rewrite a refusal's message and details in place, longest path first (a labels
+    file lies under the home folder), so no server path reaches the client."""
+    ordered = sorted(paths.items(), key=lambda item: len(item[0]), reverse=True)
 
-    versions = version_dirs(settings, req.model)
-    if not versions:
-        return
-    meta = model_metadata(settings, req.model, max(versions))
-    multiclass = meta.get("architecture", {}).get("activation") == "softmax"
-    have = [str(c.get("name")) for c in meta.get("classes", [])]
-    if req.classes and (not multiclass or have != list(req.classes)):
-        raise Conflict(
-            f"model {req.model!r} predicts {have}; a run with classes {list(req.classes)} "
-            "makes another model: give it a `model` name of its own",
-            model=req.model,
-            classes=have,
-        )
-    if not req.classes and multiclass:
-        raise Conflict(
-            f"model {req.model!r} predicts the classes {have}: give them as `classes` with "
-            "its labels, or another `model` name for a building model",
-            model=req.model,
-            classes=have,
-        )
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for path, words in ordered:
+                value = value.replace(path, words)
+            return value
+        if isinstance(value, list | tuple):
+            return [scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        return value
 
-
-def _check_raster_values(path: Path, classes: int, ignore_value: int | None) -> None:
-    """Refuse a label raster with values beyond the named classes at submission, not
-    after its chips are cut. Read decimated (nearest, at most 2048 px a side), so a rare
-    stray value can still stop the run later, with the same message."""
-    import rasterio
-    from rasterio.enums import Resampling
-
-    with rasterio.open(path) as src:
-        scale = max(1.0, max(src.width, src.height) / 2048)
-        shape = (math.ceil(src.height / scale), math.ceil(src.width / scale))
-        band = src.read(1, out_shape=shape, resampling=Resampling.nearest, masked=True)
-    values = np.unique(np.ma.compressed(band)).astype(np.int64)
-    bad = [int(v) for v in values if v != ignore_value and not 0 <= v < classes]
-    if bad:
-        raise InvalidInput(
-            f"label raster {path.name} holds class value(s) {bad[:10]} but {classes} classes "
-            f"(0..{classes - 1}) were named: name every class in order, or give the value "
-            "of unlabelled pixels as `ignore_value`",
-            values=bad[:10],
-        )
+    exc.message = scrub(exc.message)
+    exc.detail = scrub(exc.detail)
+    exc.args = (exc.message,)
 
 
 def _bounds_4326(geoms_3857: list[shapely.Geometry]) -> tuple[float, float, float, float]:
@@ -279,20 +250,27 @@ def _ask_triton_to_load(settings: Settings, model: str) -> None:
         log.warning("Triton did not load %s: %s", model, exc.message)
 
 
-def get_run(session: Session, run_id: uuid.UUID) -> RunRow:
+def get_run(session: Session, run_id: uuid.UUID, viewer: Principal | None = None) -> RunRow:
+    """Another key's run reads as missing (404), as jobs do, so ids cannot be probed."""
     row = session.get(RunRow, run_id)
-    if row is None:
+    owner = owner_filter(viewer)
+    if row is None or (owner is not True and row.owner_key_id != owner):
         raise NotFound(f"no training run {run_id}")
     return row
 
 
-def list_runs(session: Session, limit: int = 50, offset: int = 0) -> list[RunRow]:
-    query = select(RunRow).order_by(RunRow.created_at.desc()).limit(limit).offset(offset)
-    return list(session.scalars(query))
+def list_runs(
+    session: Session, limit: int = 50, offset: int = 0, viewer: Principal | None = None
+) -> list[RunRow]:
+    query = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id)
+    owner = owner_filter(viewer)
+    if owner is not True:
+        query = query.where(RunRow.owner_key_id == owner)
+    return list(session.scalars(query.limit(limit).offset(offset)))
 
 
-def cancel_run(session: Session, run_id: uuid.UUID) -> RunRow:
-    row = get_run(session, run_id)
+def cancel_run(session: Session, run_id: uuid.UUID, viewer: Principal | None = None) -> RunRow:
+    row = get_run(session, run_id, viewer)
     if row.state in FINAL:
         raise Conflict(f"training run {run_id} is already {row.state}")
     row.state = "cancelled"

@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
+from api.access import principal_of
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from tilesight.training_runs import RunRequest, cancel_run, create_run, get_run, list_runs
 
@@ -60,6 +61,20 @@ class RunCreate(BaseModel):
         None, ge=0, le=255, description="the label raster's value for unlabelled pixels"
     )
 
+    @field_validator("labels_path")
+    @classmethod
+    def _a_path_the_os_can_take(cls, value: str | None) -> str | None:
+        """What no file system accepts is refused here, by name, not as an OSError later."""
+        if value is None:
+            return value
+        if "\x00" in value:
+            raise ValueError("must not hold a NUL byte")
+        if len(value.encode("utf-8", "surrogatepass")) > 4096:
+            raise ValueError("must be at most 4096 bytes")
+        if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in value.split("/")):
+            raise ValueError("each folder or file name in it must be at most 255 bytes")
+        return value
+
     @model_validator(mode="after")
     def _one_label_source(self) -> RunCreate:
         if (self.labels is None) == (self.labels_path is None):
@@ -108,13 +123,15 @@ class RunPublic(BaseModel):
 @router.post("", status_code=status.HTTP_202_ACCEPTED, summary="Start a training run")
 def create(
     body: RunCreate,
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
 ) -> RunPublic:
+    owner = principal_of(request).key_id  # the run is this key's, as a job would be
     with session.begin():
-        row = create_run(settings, session, RunRequest(**body.model_dump()))
+        row = create_run(settings, session, RunRequest(**body.model_dump()), owner_key_id=owner)
     celery.send_task("tilesight.training.run", args=[str(row.id)], queue="gpu", routing_key="gpu")
     run = RunPublic.of(row)
     response.headers["Location"] = run.url
@@ -123,20 +140,22 @@ def create(
 
 @router.get("", summary="List training runs, newest first")
 def list_(
+    request: Request,
     session: SessionDep,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
 ) -> list[RunPublic]:
-    return [RunPublic.of(r) for r in list_runs(session, limit, offset)]
+    runs = list_runs(session, limit, offset, viewer=principal_of(request))
+    return [RunPublic.of(r) for r in runs]
 
 
 @router.get("/{run_id}", summary="A training run: state, epoch, progress and metric curves")
-def read(run_id: uuid.UUID, session: SessionDep) -> RunPublic:
-    return RunPublic.of(get_run(session, run_id))
+def read(run_id: uuid.UUID, request: Request, session: SessionDep) -> RunPublic:
+    return RunPublic.of(get_run(session, run_id, principal_of(request)))
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a training run")
-def cancel(run_id: uuid.UUID, session: SessionDep) -> RunPublic:
+def cancel(run_id: uuid.UUID, request: Request, session: SessionDep) -> RunPublic:
     with session.begin():
-        row = cancel_run(session, run_id)
+        row = cancel_run(session, run_id, principal_of(request))
     return RunPublic.of(row)

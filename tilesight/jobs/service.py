@@ -24,7 +24,7 @@ from tilesight import registry, tables
 from tilesight.errors import Conflict, NotFound, Unavailable, Unprocessable
 from tilesight.jobs.plan import plan_job
 from tilesight.jobs.vectorize import CleanParams
-from tilesight.keys import Principal
+from tilesight.keys import Principal, owner_filter
 from tilesight.settings import Settings
 
 STATES = ("queued", "running", "merging", "done", "failed", "cancelled")
@@ -159,14 +159,6 @@ def enqueue_job(session: Session, sender: TaskSender, job: tables.Job) -> None:
                 .values(state="cancelled")
             )
         raise Unavailable("the job queue is unreachable; try again shortly", retry_after=5) from exc
-
-
-def owner_filter(viewer: Principal | None) -> int | None | bool:
-    """Whose jobs `viewer` may see: True for everyone's (admin, or no key on a server that
-    needs none), else the id of the key that made them."""
-    if viewer is None or viewer.allows("admin"):
-        return True
-    return viewer.key_id
 
 
 def _visible(job: tables.Job | None, job_id: uuid.UUID, viewer: Principal | None) -> tables.Job:
