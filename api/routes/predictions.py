@@ -43,7 +43,9 @@ class StyleParams:
         str | None,
         Query(
             description="class colours by default; a ramp (viridis, magma, inferno, heat) "
-            "or one colour like #00ff88"
+            "or one colour like #00ff88",
+            # hex digits only: int("-1", 16) would take `#-1-1-1` for a colour
+            pattern=r"^([a-z]{1,32}|#?[0-9A-Fa-f]{3}|#?[0-9A-Fa-f]{6})$",
         ),
     ] = None
     opacity: Annotated[float, Query(ge=0, le=1, description="alpha of a sure hit")] = 0.6
