@@ -12,6 +12,7 @@ import torch
 from tests.unit.chips_support import SPEC
 from tests.unit.chips_support import TANZANIA as DATA
 from tilesight.errors import InvalidInput
+from tilesight.model.augment import GEOMETRY_ONLY, Augment, augment, rescale
 from tilesight.model.data import (
     IGNORE,
     ChipDataset,
@@ -23,7 +24,7 @@ from tilesight.model.data import (
     split_small_area,
 )
 from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
-from tilesight.model.train import TrainConfig, augment, segmentation_loss, train
+from tilesight.model.train import TrainConfig, segmentation_loss, train
 from tilesight.model.unet import SegmentationModel, UNetConfig
 
 
@@ -122,10 +123,38 @@ def test_augment_moves_image_and_target_together() -> None:
     image[:, :, 0, 0] = 255
     target = torch.zeros(4, 1, 8, 8)
     target[:, :, 0, 0] = 1
-    out, tgt = augment(image, target)
+    out, tgt = augment(image, target, GEOMETRY_ONLY)
     for i in range(4):
         hot = (out[i].mean(0) == out[i].mean(0).max()).nonzero().tolist()
         assert hot == tgt[i, 0].nonzero().tolist()
+
+
+def test_rescale_keeps_labels_on_their_pixels_and_ignores_the_padding() -> None:
+    image = torch.zeros(3, 40, 40)
+    image[:, 16:24, 16:24] = 255  # a bright roof in the middle
+    layers = (image[:1] > 0).float()
+    classes = (image[0] > 0).long()
+    for factor in (0.5, 1.5):
+        im, tg = rescale(image, layers, factor)
+        _, cm = rescale(image, classes, factor)
+        assert im.shape == image.shape and tg.shape == layers.shape and cm.shape == (40, 40)
+        roof = im[0] > 127
+        assert roof.sum() == pytest.approx(64 * factor**2, rel=0.3)
+        assert torch.equal(roof, tg[0] == 1) and torch.equal(roof, cm == 1)
+    im, tg = rescale(image, layers, 0.5)
+    assert (tg[0, :5] == IGNORE).all() and (im[:, :5] == 0).all()  # padding is not background
+
+
+def test_full_recipe_varies_colour_but_not_labels() -> None:
+    torch.manual_seed(0)
+    image = torch.full((8, 3, 16, 16), 120, dtype=torch.uint8)
+    target = torch.zeros(8, 1, 16, 16)
+    out, tgt = augment(image, target, Augment.recipe("full"))
+    assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
+    assert out.mean(dim=(2, 3)).std() > 1  # channels and samples differ after colour jitter
+    assert set(tgt.unique().tolist()) <= {0.0, float(IGNORE)}
+    with pytest.raises(ValueError, match="basic, full"):
+        Augment.recipe("heavy")
 
 
 def test_loss_falls_when_training_on_chips(chips: list, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tilesight.errors import InvalidInput
+from tilesight.model.augment import RECIPES, Augment, augment
 from tilesight.model.data import IGNORE
 from tilesight.model.instances import split_instances
 from tilesight.model.metrics import ClassConfusion, SegmentationMetrics
@@ -56,6 +57,7 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0
     max_steps_per_epoch: int | None = None  # tests and benchmarks cut epochs short
     class_weights: tuple[float, ...] | None = None  # multi-class: loss weight per class
+    augmentation: str = "basic"  # a recipe of tilesight.model.augment
     run_dir: Path = field(default_factory=lambda: Path("runs/latest"))
     resume: bool = True
 
@@ -69,6 +71,7 @@ class TrainConfig:
             "patience": self.patience >= 1,
             "workers": 0 <= self.workers <= 64,
             "monitor": self.monitor in {"pixel_iou", "f1", "object_f1", "loss"},
+            "augmentation": self.augmentation in RECIPES,
             "class_weights": self.class_weights is None
             or (len(self.class_weights) > 0 and all(0 <= w <= 1000 for w in self.class_weights)),
         }
@@ -145,26 +148,6 @@ def process_group(distributed: bool) -> Iterator[tuple[int, int]]:
     finally:
         if owner:
             dist.destroy_process_group()
-
-
-def augment(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flips, 90-degree turns (aerial tiles have no 'up'), brightness and contrast.
-
-    Works on a batch in place of a per-sample transform so it runs on the device."""
-    b = image.shape[0]
-    image = image.float()
-    for i in range(b):
-        k = int(torch.randint(0, 4, ()))
-        flip = bool(torch.randint(0, 2, ()))
-        plane = (target.ndim - 3, target.ndim - 2)  # [C, H, W] layers or an [H, W] class map
-        im, tg = torch.rot90(image[i], k, (1, 2)), torch.rot90(target[i], k, plane)
-        if flip:
-            im, tg = im.flip(2), tg.flip(-1)
-        image[i], target[i] = im, tg
-    gain = torch.empty(b, 1, 1, 1, device=image.device).uniform_(0.8, 1.2)  # contrast
-    bias = torch.empty(b, 1, 1, 1, device=image.device).uniform_(-20, 20)  # brightness
-    mean = image.mean(dim=(1, 2, 3), keepdim=True)
-    return ((image - mean) * gain + mean + bias).clamp(0, 255), target
 
 
 def segmentation_loss(
@@ -301,6 +284,7 @@ def _fit(
     use_bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    how = Augment.recipe(config.augmentation)
     model = model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
     spec = getattr(train_set, "spec", None)  # a ChipDataset knows the class names
     class_names: tuple[str, ...] = spec.classes if spec is not None else ()
@@ -388,7 +372,7 @@ def _fit(
         for step, batch in enumerate(loader, start=1):
             if step > steps:
                 break
-            image, target = augment(batch["image"].to(device), batch["target"].to(device))
+            image, target = augment(batch["image"].to(device), batch["target"].to(device), how)
             image = image.contiguous(memory_format=memory_format)
             with autocast:
                 logits = net(image, return_logits=True)
