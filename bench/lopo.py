@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tilesight.model.augment import RECIPES
 from tilesight.model.data import ChipSpec
 from tilesight.model.job import TrainingRun, evaluate_version, run_training
 from tilesight.model.train import TrainConfig
@@ -69,6 +70,7 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
             run_dir=work / f"run-{out}",
             resume=False,
             max_steps_per_epoch=args.max_steps,
+            augmentation=args.augment,
         ),  # fmt: skip
         cache_dir=args.cache,
         val_fraction=0.2,  # an in-place tune split: blocks of the training places
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--augment", default="basic", choices=RECIPES)
     parser.add_argument("--max-steps", type=int, help="cut epochs short (a smoke run)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(".tilesight/chips-lopo"))
@@ -113,7 +116,8 @@ def main() -> None:
     mean = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in SCORES}
     schedule = (
         f"U-Net width {args.width} depth {args.depth}, z19 chips, {args.epochs} epochs max, "
-        f"batch 8, lr {args.lr}, best epoch on a tune split of the training places"
+        f"batch 8, lr {args.lr}, augmentation {args.augment}, best epoch on a tune split "
+        "of the training places"
     )
     print(f"\n| left out | {' | '.join(SCORES)} | train s |")
     print(f"|---|{'---|' * (len(SCORES) + 1)}")

@@ -174,7 +174,8 @@ def cache_chips(
                 target = rasterize_instances(hits, tile, s, c)
             # unique per process: torchrun ranks or two jobs may cache the same chip at once
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez_compressed(tmp, image=image, valid=valid, **{spec.label_key: target})
+            arrays = {"image": image, "valid": valid, spec.label_key: target}
+            np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
             tmp.rename(path)
         with np.load(path) as z:
             core = z[spec.label_key][c : c + s, c : c + s]
