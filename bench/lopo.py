@@ -25,11 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import mercantile
+import shapely
+import shapely.geometry
 import torch
+from PIL import Image
 
 from tilesight.model.augment import RECIPES
-from tilesight.model.data import ChipSpec
+from tilesight.model.data import ChipSpec, block_of
 from tilesight.model.job import TrainingRun, evaluate_version, run_training
+from tilesight.model.sources import Tile, load_footprints, open_imagery, prepare_tiles
 from tilesight.model.train import TrainConfig
 
 DATA = Path(os.environ.get("TILESIGHT_SHARED_DATA", Path(__file__).resolve().parents[2] /
@@ -52,6 +57,88 @@ def folds(places: list[str]) -> list[tuple[str, list[str]]]:
     """(left-out place, training places) for each place: the training places never
     include the one scored."""
     return [(out, [p for p in places if p != out]) for out in places]
+
+
+def thirds(tiles: list[Tile]) -> tuple[list[Tile], list[Tile]]:
+    """(about a third of the tiles, the rest), by whole z18 blocks taken in map order, so
+    the fine-tune part is one contiguous stretch of the place, as a user would label."""
+    blocks: dict[Tile, list[Tile]] = {}
+    for t in sorted(tiles):
+        blocks.setdefault(block_of(t, 18), []).append(t)
+    part: list[Tile] = []
+    for block in sorted(blocks):
+        if len(part) >= len(tiles) / 3:
+            break
+        part += blocks[block]
+    if len(part) == len(tiles):  # one block: the place is too small to hold a third out
+        part = part[: max(1, len(part) // 3)]
+    return part, [t for t in tiles if t not in set(part)]
+
+
+def finetune_area(place: str, tiles: list[Tile], work: Path) -> tuple[Path, Path]:
+    """The fine-tune third as its own chip folder and labels: nothing of the other two
+    thirds is readable during the fine-tune, not even as context."""
+    imagery, labels = PLACES[place]
+    reader = open_imagery(imagery)
+    folder = work / f"finetune-{place}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for x, y, z in tiles:
+        pixels, _ = reader.read((x, y, z), 0)
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(folder / f"OAM-{x}-{y}-{z}.png")
+    area = shapely.union_all([shapely.box(*mercantile.bounds(*t)) for t in tiles])
+    features = json.loads(Path(labels).read_text())["features"]
+    inside = [f for f in features if shapely.geometry.shape(f["geometry"]).intersects(area)]
+    part = folder / "labels.geojson"
+    part.write_text(json.dumps({"type": "FeatureCollection", "features": inside}))
+    return folder, part
+
+
+def finetune(out: str, version: Path, args: argparse.Namespace, work: Path) -> dict:
+    """Fine-tune the fold's model on a third of the left-out place; score the other two
+    thirds before and after, with the defaults a small-area fine-tune uses."""
+    imagery, labels = PLACES[out]
+    reader = open_imagery(imagery)
+    tiles = prepare_tiles(reader, load_footprints(labels), 19)
+    part, rest = thirds(tiles)
+    folder, part_labels = finetune_area(out, part, work)
+    before = evaluate_version(version, imagery, labels, cache_dir=args.cache, only_tiles=rest)
+    run = TrainingRun(
+        sources=[(folder, part_labels)],
+        model_repo=work / f"repo-{out}",
+        chips=ChipSpec(zoom=19, buffer=32, jitter=32),
+        width=args.width,
+        depth=args.depth,
+        loop=TrainConfig(
+            epochs=args.ft_epochs,
+            batch_size=4,
+            lr=args.ft_lr,
+            seed=0,
+            warmup_steps=2,
+            freeze_encoder_epochs=args.ft_freeze,
+            run_dir=work / f"ft-{out}",
+            resume=False,
+            augmentation=args.augment,
+        ),  # fmt: skip
+        cache_dir=work / f"ft-chips-{out}",
+        val_fraction=0.25,
+        tune_fraction=0.0,
+        empty_ratio=1.0,
+        init_from=version,
+    )
+    start = time.perf_counter()
+    tuned, _ = run_training(run)
+    seconds = time.perf_counter() - start
+    after = evaluate_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest)
+    return {
+        "ft_tiles": len(part),
+        "ft_buildings": len(json.loads(part_labels.read_text())["features"]),
+        "ft_s": round(seconds, 1),
+        "rest_tiles": len(rest),
+        "rest_f1_before": round(float(before["object_f1"]), 4),
+        "rest_f1_after": round(float(after["object_f1"]), 4),
+        "rest_iou_before": round(float(before["pixel_iou"]), 4),
+        "rest_iou_after": round(float(after["pixel_iou"]), 4),
+    }
 
 
 def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path) -> dict:
@@ -81,7 +168,9 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
     trained_s = time.perf_counter() - start
     imagery, labels = PLACES[out]
     scored = evaluate_version(version, imagery, labels, cache_dir=args.cache)
+    tuned = finetune(out, version, args, work) if args.finetune else {}
     return {
+        **tuned,
         "left_out": out,
         "trained_on": train_on,
         "train_s": round(trained_s, 1),
@@ -100,6 +189,10 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--augment", default="basic", choices=RECIPES)
+    parser.add_argument("--finetune", action="store_true", help="also fine-tune on a third")
+    parser.add_argument("--ft-epochs", type=int, default=10)
+    parser.add_argument("--ft-lr", type=float, default=5e-4)
+    parser.add_argument("--ft-freeze", type=int, default=3, help="epochs with a frozen encoder")
     parser.add_argument("--max-steps", type=int, help="cut epochs short (a smoke run)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(".tilesight/chips-lopo"))
@@ -124,6 +217,18 @@ def main() -> None:
     for r in rows:
         print(f"| {r['left_out']} | {' | '.join(str(r[k]) for k in SCORES)} | {r['train_s']} |")
     print(f"| **mean** | {' | '.join(str(mean[k]) for k in SCORES)} | |")
+    if args.finetune:
+        schedule += (
+            f"; fine-tune: {args.ft_epochs} epochs, lr {args.ft_lr}, encoder frozen for "
+            f"{args.ft_freeze}, batch 4, on about a third of the place (whole z18 blocks)"
+        )
+        print("\n| left out | tiles / buildings tuned on | F1 before | F1 after | fine-tune s |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['left_out']} | {r['ft_tiles']} / {r['ft_buildings']} | "
+                  f"{r['rest_f1_before']} | {r['rest_f1_after']} | {r['ft_s']} |")  # fmt: skip
+        for k in ("rest_f1_before", "rest_f1_after"):
+            mean[k] = round(sum(r[k] for r in rows) / len(rows), 4)
     print(f"\nschedule: {schedule}")
     if args.out:
         args.out.write_text(

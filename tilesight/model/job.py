@@ -8,7 +8,7 @@ as the model, so the metadata says how much the network adds over trivial rules.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from tilesight.model.metrics import (
     apply_colour_threshold,
     fit_colour_threshold,
 )
-from tilesight.model.sources import open_imagery, prepare_tiles
+from tilesight.model.sources import Tile, open_imagery, prepare_tiles
 from tilesight.model.train import (
     ProgressCallback,
     TrainConfig,
@@ -342,9 +342,11 @@ def evaluate_version(
     cache_dir: Path = Path(".tilesight/chips"),
     threshold: float | None = None,
     min_area: int = 10,
+    only_tiles: Collection[Tile] | None = None,
 ) -> dict[str, float]:
-    """Score a model version on every tile of a labelled area at the model's zoom, with
-    the labels read the way it was trained (footprints, or its classes)."""
+    """Score a model version on every tile of a labelled area at the model's zoom (or on
+    `only_tiles` of it, the part a fine-tune did not see), with the labels read the way
+    it was trained (footprints, or its classes)."""
     model, meta = load_model(version_dir)
     chips_meta = meta.get("hyperparameters", {}).get("chips", {})
     multiclass = model.config.activation == "softmax"
@@ -357,6 +359,9 @@ def evaluate_version(
     reader = open_imagery(imagery)
     found = load_labels(labels, spec.classes, spec.class_property, spec.ignore_value)
     tiles = prepare_tiles(reader, found.extent(), spec.zoom)
+    if only_tiles is not None:
+        keep = set(only_tiles)
+        tiles = [t for t in tiles if t in keep]
     chips = cache_chips(reader, found, tiles, spec, cache_dir)
     loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
     thr = threshold if threshold is not None else meta["threshold"]
