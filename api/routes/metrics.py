@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,6 +13,7 @@ from tilesight.tables import Job
 from tilesight.telemetry import JOBS, QUEUE_DEPTH
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
 
 
 @router.get(
@@ -21,7 +23,13 @@ router = APIRouter(tags=["operations"])
     responses={200: {"content": {"text/plain": {}}}},
 )
 async def metrics(request: Request) -> Response:
-    await asyncio.gather(_queue_depth(request), _jobs_by_state(request), return_exceptions=True)
+    # A scrape must answer while Redis or PostgreSQL is down (that is when it matters most),
+    # so a failed gauge keeps its last value, and the failure is logged, not swallowed.
+    gauges = {"queue depth": _queue_depth(request), "jobs by state": _jobs_by_state(request)}
+    results = await asyncio.gather(*gauges.values(), return_exceptions=True)
+    for name, result in zip(gauges, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("metrics: %s not refreshed: %r", name, result)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

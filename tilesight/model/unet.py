@@ -145,7 +145,3 @@ class SegmentationModel(nn.Module):
         if self.config.activation == "softmax":
             return torch.softmax(logits, dim=1)
         return torch.sigmoid(logits)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
