@@ -1,10 +1,13 @@
 """Reading http(s) URLs that users give us, without letting them point us at our own network.
 
 A URL from a user is a request the server makes on their behalf (SSRF). Every hop is
-checked: only http(s), the host is resolved and refused when any of its addresses is
-loopback, private, link-local, multicast or reserved (unless `remote_allowlist` names
-the host or address), redirects are followed by hand (at most 3) and re-checked, and
-every read has a timeout and a byte cap. GDAL never sees user URLs: files are
+checked: only http(s), the host is resolved and refused when any of its addresses is not
+globally routable (unless `remote_allowlist` names the host or address): loopback,
+private, shared (100.64/10, where cloud metadata services also live), link-local,
+multicast, reserved, and the IPv4 address inside an IPv6 one (mapped, compatible, 6to4,
+Teredo, NAT64), since a relay or translator would forward to it. A name that does not
+resolve is the user's to fix (400). Redirects are followed by hand (at most 3) and
+re-checked, and every read has a timeout and a byte cap. GDAL never sees user URLs: files are
 downloaded through here and opened locally.
 """
 
@@ -57,8 +60,10 @@ def vet_url(url: str, allowlist: Sequence[str]) -> Vetted:
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UpstreamError(f"cannot resolve host {host!r}", url=url) from exc
+    except (socket.gaierror, UnicodeError, OSError) as exc:
+        raise InvalidInput(
+            f"cannot resolve host {host!r}: check the URL's host name", host=host
+        ) from exc
     addresses = [str(info[4][0]) for info in infos]
     if host not in allowlist:
         for address in addresses:
@@ -77,17 +82,39 @@ def check_url(url: str, allowlist: Sequence[str]) -> httpx.URL:
 
 
 def _is_internal(address: str) -> bool:
+    """True unless the address, and any IPv4 address an IPv6 form carries, is global."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo is not None:
+            return True  # a tunnel to whichever client address it names
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return _not_global(embedded)
+    return _not_global(ip)
+
+
+def _not_global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    # is_global alone lets multicast (224.0.0.1, ff0e::1) and site-local (fec0::/10) through
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local
+    return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified or site_local
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that mapped, 6to4 and well-known NAT64 addresses stand for.
+
+    IPv4-compatible (::a.b.c.d) and local NAT64 (64:ff9b:1::/48) addresses are left to
+    `_not_global`, which refuses them: they are reserved or local, wherever they point.
+    """
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class RemoteClient:
