@@ -34,9 +34,18 @@ class RequestContext:
         token = request_id.set(rid)
         start = time.perf_counter()
         status = 500
+        # a body cut off at the limit: FastAPI turns the error inside receive() into a
+        # 400 "error parsing the body", so whatever the app answers becomes our 413
+        cut = {"over": False, "sent": False, "ours": False}
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
+            if cut["over"] and not cut["ours"]:
+                if message["type"] == "http.response.start" and not cut["sent"]:
+                    cut["sent"] = cut["ours"] = True
+                    await _too_large(send_with_id, self.max_body_bytes)
+                    cut["ours"] = False
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
@@ -46,7 +55,7 @@ class RequestContext:
             if self._too_large(scope, headers):
                 await _too_large(send_with_id, self.max_body_bytes)
             else:
-                await self.app(scope, self._limited(scope, receive), send_with_id)
+                await self.app(scope, self._limited(scope, receive, cut), send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -71,7 +80,7 @@ class RequestContext:
         length = headers.get(b"content-length")
         return length is not None and length.isdigit() and int(length) > self.max_body_bytes
 
-    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+    def _limited(self, scope: Scope, receive: Receive, cut: dict[str, bool]) -> Receive:
         """Counts a body sent without content-length and cuts it off at the limit."""
         if scope["path"].startswith(UNLIMITED_BODY_PATHS):
             return receive
@@ -84,6 +93,7 @@ class RequestContext:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    cut["over"] = True
                     raise BodyTooLarge(limit)
             return message
 

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     prediction_cache: bool = Field(True, description="keep prediction probabilities in Redis")
     prediction_context_px: int = Field(64, description="imagery read around a tile to predict it")
     upload_max_bytes: int = 512 * 1024 * 1024
+    source_max_pixels: int = Field(
+        2**29,
+        description="the most pixels a registration may convert or mosaic (a chip zip's "
+        "extent, a GeoTIFF's width x height), checked from names and headers first",
+    )
     job_max_area_km2: float = 50.0
     job_max_tiles: int = 20_000
     job_max_vertices: int = 10_000
@@ -127,6 +132,12 @@ class Settings(BaseSettings):
     def sources_dir(self) -> Path:
         """Where registered imagery (COGs made on registration, uploads) is kept."""
         return self.home / "data" / "sources"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Uploads being received: outside sources_dir (no source id can name it) and
+        outside every data root (no path registration can reach a half-written file)."""
+        return self.home / "staging"
 
     @property
     def run_dir(self) -> Path:

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.deps import SessionDep, SettingsDep
-from tilesight.imagery.register import new_source_id, register_file, register_source
+from tilesight.imagery.register import check_text, new_source_id, register_file, register_source
 from tilesight.imagery.sources import (
     SourceInfo,
     delete_source,
@@ -116,7 +116,7 @@ def create_source(
 async def upload_source(
     request: Request, session: SessionDep, settings: SettingsDep
 ) -> SourcePublic:
-    tmp = settings.sources_dir / "uploads" / f"{uuid.uuid4().hex}.part"
+    tmp = settings.staging_dir / f"{uuid.uuid4().hex}.part"
     sink = UploadSink(
         request.headers.get("content-type", ""), tmp, "file", settings.upload_max_bytes
     )
@@ -125,6 +125,7 @@ async def upload_source(
 
     def register() -> SourceInfo:
         try:
+            check_text(**sink.fields, filename=sink.filename or "")
             sid = new_source_id(session, sink.fields.get("id") or None, name)
             return register_file(
                 settings,
@@ -134,6 +135,7 @@ async def upload_source(
                 attribution=sink.fields.get("attribution", ""),
                 source_id=sid,
                 original_uri=f"upload:{sink.filename}",
+                label=(sink.filename or "the upload")[:200],
             )
         finally:
             tmp.unlink(missing_ok=True)

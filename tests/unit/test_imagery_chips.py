@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
 import rasterio
 
-from tilesight.errors import InvalidInput, Unprocessable
+from tilesight.errors import InvalidInput, TooLarge, Unprocessable
 from tilesight.imagery.chips import chips_to_cog, extract_zip, find_chips, parse_chip
 
 NAIROBI = Path(__file__).resolve().parents[2] / "data" / "demo" / "buildings" / "nairobi"
@@ -70,3 +71,41 @@ def test_zip_refuses_traversal_and_keeps_only_chips(tmp_path: Path) -> None:
     (tmp_path / "fake.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(InvalidInput, match="not a valid zip"):
         extract_zip(tmp_path / "fake.zip", tmp_path / "x", max_bytes=10)
+
+
+def _spread_zip(path: Path, z: int) -> Path:
+    chip = (NAIROBI / f"OAM-{X}-{Y}-21.png").read_bytes()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{z}/0/0.png", chip)
+        zf.writestr(f"{z}/{2**z - 1}/{2**z - 1}.png", chip)
+    return path
+
+
+def test_spread_zip_is_refused_from_its_names_within_a_second(tmp_path: Path) -> None:
+    """Two corner chips of z7 would be a 32768² mosaic: 15 s and 566 MB before."""
+    archive = _spread_zip(tmp_path / "spread.zip", 7)
+    start = time.perf_counter()
+    with pytest.raises(TooLarge, match="the limit is 536870912 pixels") as caught:
+        extract_zip(archive, tmp_path / "out", max_bytes=10**7)
+    assert time.perf_counter() - start < 1.0
+    assert caught.value.detail["limit"] == 2**29 and caught.value.status_code == 413
+    assert not (tmp_path / "out").exists(), "nothing is unpacked before the check"
+    # within the pixel budget but 2 chips over 4x4 tiles of extent... still spread too far
+    with pytest.raises(TooLarge, match="at most 16 tiles per chip"):
+        extract_zip(_spread_zip(tmp_path / "z3.zip", 3), tmp_path / "out3", max_bytes=10**7)
+
+
+def test_chip_folder_over_the_budget_is_refused_before_reading(tmp_path: Path) -> None:
+    for x, y in [(X, Y), (X + 1, Y)]:
+        shutil.copy(NAIROBI / f"OAM-{x}-{y}-21.png", tmp_path / f"OAM-{x}-{y}-21.png")
+    with pytest.raises(TooLarge, match="span 2x1 tiles"):
+        chips_to_cog(tmp_path, tmp_path / "out.tif", max_pixels=65536)
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_member_larger_than_a_chip_is_cut_off_while_streaming(tmp_path: Path) -> None:
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(f"21/{X}/{Y}.png", b"\0" * (16 << 20))
+    with pytest.raises(TooLarge, match="a chip file may be at most"):
+        extract_zip(archive, tmp_path / "out", max_bytes=1 << 30)

@@ -43,3 +43,35 @@ async def test_limit_stops_and_removes_the_partial_file(tmp_path: Path) -> None:
 def test_not_multipart_is_400(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="multipart"):
         UploadSink("application/json", tmp_path / "up", "file", max_bytes=10)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "says"),
+    [
+        ("multipart/form-data; boundary=" + "b" * 300, b"--" + b"b" * 300 + b"\r\n", "boundary"),
+        (
+            "multipart/form-data; boundary=xx",
+            b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a"\r\nX: '
+            + b"p" * 10240
+            + b"\r\n\r\ndata\r\n--xx--\r\n",
+            "header size exceeded|headers exceed",
+        ),
+        ("multipart/form-data; boundary=xx", bytes(range(256)) * 40, "malformed"),
+    ],
+    ids=["boundary-300", "part-header-10k", "garbage"],
+)
+async def test_malformed_bodies_are_400(
+    tmp_path: Path, content_type: str, body: bytes, says: str
+) -> None:
+    with pytest.raises(InvalidInput, match=says):
+        sink = UploadSink(content_type, tmp_path / "up", "file", max_bytes=10**6)
+        await sink.consume(chunks(body))
+    assert not (tmp_path / "up").exists()
+
+
+async def test_an_unterminated_body_is_not_a_complete_file(tmp_path: Path) -> None:
+    content_type, body = multipart(b"\x00\x01" * 5000)
+    sink = UploadSink(content_type, tmp_path / "up", "file", max_bytes=20_000)
+    with pytest.raises(InvalidInput, match="ended before its closing boundary"):
+        await sink.consume(chunks(body[:-60]))
+    assert not (tmp_path / "up").exists()

@@ -4,12 +4,20 @@ Training-data tools hand out imagery as loose 256 px Web-Mercator chips named by
 tile index. Serving them as one COG gives them overviews (so every zoom reads fast) and
 one reading path with every other source. Gaps between chip clusters are left unwritten
 in a sparse file and masked, so they come out transparent, not black.
+
+Overviews still cost time in proportion to the mosaic's whole extent, gaps included, so
+the extent is checked from the chip names before anything is read or unpacked: it must
+fit the pixel budget, and be at most MAX_SPREAD chips' worth per chip, which keeps the
+work in proportion to the chips sent (two corner chips of z7 would be a 32768² world).
 """
 
 from __future__ import annotations
 
+import lzma
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -17,6 +25,7 @@ import mercantile
 import numpy as np
 import rasterio
 from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 from rasterio.shutil import copy
 from rasterio.transform import from_origin
 from rasterio.windows import Window
@@ -28,6 +37,9 @@ CHIP_SIZE = 256
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
 _FLAT_NAME = re.compile(r"^(?:.*-)?(\d+)-(\d+)-(\d+)$")  # *-{x}-{y}-{z}
 WORLD_M = 2 * np.pi * 6378137.0
+MAX_SPREAD = 16  # extent tiles per chip: Tanzania's 736 demo chips span 6.4x their area
+MAX_CHIP_BYTES = 4 * 1024 * 1024  # one chip file; a 256 px RGBA TIFF is ~260 KB
+DEFAULT_MAX_PIXELS = 2**29
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ def parse_chip(relative: PurePosixPath | Path) -> tuple[int, int, int] | None:
     return x, y, z
 
 
-def find_chips(folder: Path) -> list[Chip]:
+def find_chips(folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Chip]:
     """The chips at the highest zoom present in `folder` (lower zooms are redundant)."""
     chips = []
     for path in folder.rglob("*"):
@@ -65,21 +77,54 @@ def find_chips(folder: Path) -> list[Chip]:
             xyz = parse_chip(path.relative_to(folder))
             if xyz:
                 chips.append(Chip(*xyz, path=path))
-    if not chips:
-        raise Unprocessable(
-            f"no XYZ chips found in {folder.name}: name them {{z}}/{{x}}/{{y}}.png "
-            "or *-{x}-{y}-{z}.png"
-        )
-    top = max(chip.z for chip in chips)
+    top = top_zoom([(c.x, c.y, c.z) for c in chips], max_pixels, folder.name)
     return [chip for chip in chips if chip.z == top]
 
 
-def chips_to_cog(folder: Path, dst: Path, progress: Progress | None = None) -> Path:
+def top_zoom(tiles: list[tuple[int, int, int]], max_pixels: int, label: str) -> int:
+    """The zoom the mosaic is made at, once its extent there is known to be affordable.
+
+    Raises TooLarge (413, with the limit) for an extent over the pixel budget or spread
+    far beyond the chips, Unprocessable when there are no chips at all.
+    """
+    if not tiles:
+        raise Unprocessable(
+            f"no XYZ chips found in {label}: name them {{z}}/{{x}}/{{y}}.png "
+            "or *-{x}-{y}-{z}.png"
+        )
+    z = max(t[2] for t in tiles)
+    top = {(x, y) for x, y, tz in tiles if tz == z}
+    xs, ys = [x for x, _ in top], [y for _, y in top]
+    width, height = max(xs) - min(xs) + 1, max(ys) - min(ys) + 1
+    pixels = width * height * CHIP_SIZE**2
+    detail = {"zoom": z, "chips": len(top), "extent_tiles": [width, height], "limit": max_pixels}
+    if pixels > max_pixels:
+        raise TooLarge(
+            f"the chips of {label} span {width}x{height} tiles at zoom {z} ({pixels} pixels); "
+            f"the limit is {max_pixels} pixels: register each area on its own",
+            **detail,
+        )
+    if width * height > MAX_SPREAD * len(top):
+        raise TooLarge(
+            f"the {len(top)} chips of {label} are spread over {width}x{height} tiles at zoom "
+            f"{z}; a mosaic may span at most {MAX_SPREAD} tiles per chip: register each "
+            "cluster of chips on its own",
+            **detail,
+        )
+    return z
+
+
+def chips_to_cog(
+    folder: Path,
+    dst: Path,
+    progress: Progress | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Path:
     """Mosaic the chips of `folder` into a JPEG COG with an internal mask at `dst`.
 
     The intermediate mosaic is uncompressed and sparse: only chip blocks take disk.
     """
-    chips = find_chips(folder)
+    chips = find_chips(folder, max_pixels)
     z = chips[0].z
     xmin, xmax = min(c.x for c in chips), max(c.x for c in chips)
     ymin, ymax = min(c.y for c in chips), max(c.y for c in chips)
@@ -138,42 +183,113 @@ def _sparse_cog(mosaic: Path, dst: Path) -> None:
 
 
 def _read_chip(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """RGB [3,256,256] and a 0/255 mask; Pillow decodes by content, whatever the suffix."""
+    """RGB [3,256,256] and a 0/255 mask; Pillow decodes by content, whatever the suffix.
+
+    The size is checked from the header before decoding, so a PNG claiming 20000² px
+    costs nothing; every way Pillow reports a broken file is the user's 422.
+    """
     try:
         with Image.open(path) as image:
+            if image.size != (CHIP_SIZE, CHIP_SIZE):
+                raise Unprocessable(
+                    f"chip {path.name} is {image.size[0]}x{image.size[1]} px; chips must be "
+                    "256x256",
+                    chip=path.name,
+                )
             image.load()
             rgba = np.asarray(image.convert("RGBA"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise Unprocessable(f"chip {path.name} is not a readable image") from exc
-    if rgba.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
-        raise Unprocessable(
-            f"chip {path.name} is {rgba.shape[1]}x{rgba.shape[0]} px; chips must be 256x256"
-        )
+    except (
+        UnidentifiedImageError,
+        DecompressionBombError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        struct.error,
+        zlib.error,
+    ) as exc:
+        raise Unprocessable(f"chip {path.name} is not a readable image", chip=path.name) from exc
     return np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1)), rgba[..., 3].copy()
 
 
-def extract_zip(archive: Path, dest: Path, max_bytes: int) -> Path:
-    """Unpack the image members of a zip of chips into `dest`, refusing traversal and bombs."""
+def extract_zip(
+    archive: Path,
+    dest: Path,
+    max_bytes: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    label: str | None = None,
+) -> Path:
+    """Unpack the top-zoom chips of a zip into `dest`, refusing traversal and bombs.
+
+    Everything that can be judged from the central directory (names, the extent, the
+    declared sizes, encryption) is judged before a byte is unpacked; each member is then
+    streamed to disk under a byte cap, since declared sizes may lie.
+    """
+    label = label or archive.name
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise InvalidInput(f"{archive.name} is not a valid zip file") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise InvalidInput(f"{label} is not a valid zip file", file=label) from exc
     with zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        total = sum(m.file_size for m in members)
+        chips: list[tuple[zipfile.ZipInfo, PurePosixPath, tuple[int, int, int]]] = []
+        for member in zf.infolist():
+            if member.is_dir():
+                continue
+            name = PurePosixPath(member.filename)
+            if name.is_absolute() or ".." in name.parts or "\x00" in member.filename:
+                raise InvalidInput(
+                    f"zip member {member.filename[:200]!r} points outside the archive", file=label
+                )
+            xyz = parse_chip(name)
+            if xyz is not None:
+                chips.append((member, name, xyz))
+        top = top_zoom([xyz for _, _, xyz in chips], max_pixels, label)
+        chips = [chip for chip in chips if chip[2][2] == top]
+        total = sum(member.file_size for member, _, _ in chips)
         if total > max_bytes:
             raise TooLarge(
                 f"the zip unpacks to {total} bytes; the limit is {max_bytes}", limit=max_bytes
             )
+        for member, _, _ in chips:
+            if member.flag_bits & 0x1:
+                raise InvalidInput(
+                    f"zip member {member.filename!r} is encrypted; send an unencrypted zip",
+                    file=label,
+                )
         dest.mkdir(parents=True, exist_ok=True)
-        for member in members:
-            name = PurePosixPath(member.filename)
-            if name.is_absolute() or ".." in name.parts:
-                raise InvalidInput(f"zip member {member.filename!r} points outside the archive")
-            if parse_chip(name) is None:
-                continue
+        budget = max_bytes
+        for member, name, _ in chips:
             target = dest.joinpath(*name.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(target, "wb") as out:
-                out.write(src.read(max_bytes + 1)[:max_bytes])
+            budget -= _unpack(zf, member, target, min(MAX_CHIP_BYTES, budget), label)
     return dest
+
+
+def _unpack(
+    zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, cap: int, label: str
+) -> int:
+    """Stream one member to `target` in 64 KB pieces, stopping past `cap` bytes."""
+    written = 0
+    try:
+        with zf.open(member) as src, open(target, "wb") as out:
+            while piece := src.read(64 * 1024):
+                written += len(piece)
+                if written > cap:
+                    raise TooLarge(
+                        f"zip member {member.filename!r} unpacks to more than {cap} bytes; a "
+                        f"chip file may be at most {MAX_CHIP_BYTES}",
+                        limit=cap,
+                    )
+                out.write(piece)
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        lzma.LZMAError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
+        # a bad CRC, corrupt deflate or LZMA, a truncated member, an unknown method
+        raise InvalidInput(
+            f"zip member {member.filename!r} cannot be unpacked: {exc}"[:300], file=label
+        ) from exc
+    return written

@@ -13,15 +13,22 @@ from pathlib import Path
 from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
-from tilesight.imagery.rasters import configure_gdal, open_geotiff
+from tilesight.imagery.rasters import READ_ERRORS, configure_gdal, open_geotiff
 
 Progress = Callable[[float], None]  # fraction done, 0..1
 
 
 def is_cog(path: Path) -> bool:
-    """True when the file is already a valid COG and can be served in place."""
+    """True when the file is already a valid COG and can be served in place.
+
+    A file rio-cogeo cannot even validate (a truncated IFD, a 65536² sparse raster,
+    where it trips over its own unset variables) is no COG: conversion then refuses it.
+    """
     configure_gdal()
-    valid, _errors, _warnings = cog_validate(str(path), quiet=True)
+    try:
+        valid, _errors, _warnings = cog_validate(str(path), quiet=True)
+    except (*READ_ERRORS, UnboundLocalError, KeyError, IndexError, ValueError):
+        return False
     return bool(valid)
 
 

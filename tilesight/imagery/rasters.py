@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.env import set_gdal_config
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.warp import transform_bounds
 from rio_tiler.io import Reader
 
-from tilesight.errors import InvalidInput, Unprocessable
+from tilesight.errors import InvalidInput, TooLarge, Unprocessable
 
 # GeoTIFF (and so COG) is the only georeferenced format accepted for user files.
 ALLOWED_DRIVER = "GTiff"
@@ -47,6 +48,10 @@ GDAL_CONFIG: dict[str, str | int] = {
 }
 
 
+# what GDAL raises on a file that opened but cannot be read (truncated, corrupt blocks)
+READ_ERRORS: tuple[type[Exception], ...] = (RasterioError, CPLE_BaseError)
+
+
 @cache
 def configure_gdal() -> None:
     """Set GDAL's process-wide options once; measured to matter for small-tile reads."""
@@ -54,17 +59,34 @@ def configure_gdal() -> None:
         set_gdal_config(key, value)
 
 
-def open_geotiff(path: Path) -> rasterio.DatasetReader:
-    """Open a user's file as a GeoTIFF only; anything else is a 400 saying so."""
+def open_geotiff(path: Path, label: str | None = None) -> rasterio.DatasetReader:
+    """Open a user's file as a GeoTIFF only; anything else is a 400 saying so.
+
+    Messages name `label` (what the user sent: a file name, a URL), never our path.
+    """
     configure_gdal()
+    label = label or path.name
     try:
         return rasterio.open(path, driver=ALLOWED_DRIVER)
     except RasterioIOError as exc:
+        reason = str(exc).replace(str(path), label).split(":")[-1].strip()[:200]
         raise InvalidInput(
-            f"{path.name} is not a GeoTIFF raster; send a GeoTIFF/COG, a folder or zip "
+            f"{label} is not a GeoTIFF raster; send a GeoTIFF/COG, a folder or zip "
             "of XYZ chips, or an XYZ tile URL template",
-            reason=str(exc).split(":")[-1].strip()[:200],
+            reason=reason,
         ) from exc
+
+
+def check_pixels(width: int, height: int, max_pixels: int, label: str) -> None:
+    """TooLarge (413, with the limit) before converting a raster over the pixel budget."""
+    if width * height > max_pixels:
+        raise TooLarge(
+            f"{label} is {width}x{height} pixels; the limit is {max_pixels} pixels: send a "
+            "Cloud-Optimized GeoTIFF (served as is) or a smaller raster",
+            width=width,
+            height=height,
+            limit=max_pixels,
+        )
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import mercantile
 from shapely.geometry import box
 from sqlalchemy.orm import Session
 
-from tilesight.errors import Conflict, InvalidInput
+from tilesight.errors import Conflict, InvalidInput, Unprocessable
 from tilesight.imagery import xyz
 from tilesight.imagery.center import data_center
 from tilesight.imagery.chips import chips_to_cog, extract_zip
 from tilesight.imagery.cog import Progress, is_cog, to_cog
-from tilesight.imagery.rasters import inspect, open_geotiff
+from tilesight.imagery.rasters import READ_ERRORS, check_pixels, inspect, open_geotiff
 from tilesight.imagery.sources import SourceInfo
 from tilesight.remote import RemoteClient, check_url
 from tilesight.settings import Settings
@@ -30,6 +30,8 @@ from tilesight.tables import Source
 
 SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REFUSED_PREFIXES = ("/vsi", "file:", "ftp:", "s3:", "gs:", "<")
+# ids that name folders or routes of Tilesight's own, never a source
+RESERVED_IDS = frozenset({"upload", "uploads", "staging"})
 
 
 def register_source(
@@ -49,6 +51,7 @@ def register_source(
 
     `reuse_existing` keeps a COG already made for this id (the demo's second start).
     """
+    check_text(uri=uri, name=name, attribution=attribution)
     sid = new_source_id(session, source_id, name)
     uri = uri.strip()
     if xyz.is_template(uri):
@@ -64,7 +67,7 @@ def register_source(
                 client.close()
             return register_file(
                 settings, session, downloaded, name=name, attribution=attribution,
-                source_id=sid, original_uri=uri, progress=progress,
+                source_id=sid, original_uri=uri, progress=progress, label=uri[:200],
             )  # fmt: skip
         except BaseException:
             shutil.rmtree(owned, ignore_errors=True)
@@ -88,32 +91,33 @@ def register_file(
     progress: Progress | None = None,
     in_place: bool = False,
     reuse_existing: bool = False,
+    label: str | None = None,
 ) -> SourceInfo:
     """Register a file we may read: a GeoTIFF/COG, a zip of chips, or a folder of chips.
 
     `in_place` serves an already-valid COG from where it is instead of copying it.
+    `label` is what the user sent (a file name, a URL): errors name it, not our paths.
+    Anything over `settings.source_max_pixels` is refused from names or headers first.
     """
     owned = settings.sources_dir / source_id
     cog = owned / f"{source_id}.tif"
     made_dir = not owned.exists()
+    label = label or path.name
+    budget = settings.source_max_pixels
     try:
         if reuse_existing and cog.exists():
             kind = "chips" if path.is_dir() or _is_zip(path) else "cog"
         elif path.is_dir():
             kind = "chips"
-            chips_to_cog(path, cog, progress)
+            chips_to_cog(path, cog, progress, budget)
         elif _is_zip(path):
             kind = "chips"
-            folder = extract_zip(path, owned / "chips", settings.upload_max_bytes)
-            chips_to_cog(folder, cog, progress)
+            folder = extract_zip(path, owned / "chips", settings.upload_max_bytes, budget, label)
+            chips_to_cog(folder, cog, progress, budget)
             shutil.rmtree(folder, ignore_errors=True)
         else:
             kind = "cog"
-            open_geotiff(path).close()  # refuses non-GeoTIFFs before any work
-            if is_cog(path):
-                cog = path if in_place else path.rename(cog)
-            else:
-                to_cog(path, cog, progress)
+            cog = _geotiff_cog(path, cog, label, budget, progress, in_place)
         if not in_place and path.is_file() and path != cog:
             path.unlink(missing_ok=True)  # a download or an upload, now converted
         facts = inspect(cog)
@@ -142,6 +146,13 @@ def register_file(
         session.commit()
         session.refresh(row)
         return SourceInfo.from_row(row)
+    except READ_ERRORS as exc:
+        session.rollback()
+        if made_dir:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise Unprocessable(
+            f"{label} cannot be read: the file is truncated or corrupt", file=label
+        ) from exc
     except BaseException:
         session.rollback()
         if made_dir:
@@ -149,27 +160,63 @@ def register_file(
         raise
 
 
+def _geotiff_cog(
+    path: Path, cog: Path, label: str, budget: int, progress: Progress | None, in_place: bool
+) -> Path:
+    """The COG to serve for a GeoTIFF: the file itself when it is one, else a conversion
+    (refused from the header when it would be over the pixel budget)."""
+    with open_geotiff(path, label) as dataset:  # refuses non-GeoTIFFs before any work
+        width, height = dataset.width, dataset.height
+    if is_cog(path):
+        if in_place:
+            return path
+        cog.parent.mkdir(parents=True, exist_ok=True)  # an upload: sources/<id>/ is new
+        return path.rename(cog)
+    check_pixels(width, height, budget, label)
+    return to_cog(path, cog, progress)
+
+
+def check_text(**fields: str) -> None:
+    """A NUL byte reaches no path, URL or database column: a 400 naming the field."""
+    for field, value in fields.items():
+        if "\x00" in value:
+            raise InvalidInput(f"{field} contains a NUL byte", field=field)
+
+
 def local_path(settings: Settings, uri: str) -> Path:
-    """Resolve a user's path (symlinks too) and accept it only inside a data root."""
+    """Resolve a user's path (symlinks too) and accept it only inside a data root.
+
+    Errors name the user's `uri`, never the data roots or other server paths.
+    """
     if uri.startswith(REFUSED_PREFIXES) or "://" in uri:
         raise InvalidInput(
             "unsupported source: give a local path under a data root, an http(s) URL, "
             "or an XYZ template with {z}, {x} and {y}",
             uri=uri[:200],
         )
-    path = Path(uri).expanduser()
-    if not path.is_absolute():
-        path = settings.home / path
-    resolved = path.resolve()
+    check_text(uri=uri)
+    try:
+        path = Path(uri).expanduser()
+        if not path.is_absolute():
+            path = settings.home / path
+        resolved = path.resolve()
+        exists = resolved.exists()
+    except (OSError, RuntimeError, ValueError) as exc:  # a name over 255 bytes, a loop
+        raise InvalidInput(
+            f"uri is not a usable path: {exc.strerror or exc}"
+            if isinstance(exc, OSError)
+            else f"uri is not a usable path: {exc}",
+            field="uri",
+        ) from exc
     roots = [root.resolve() for root in settings.data_roots]
     if not any(resolved.is_relative_to(root) for root in roots):
         raise InvalidInput(
             "the path is outside the directories sources may come from; put the file "
             "under a data root or upload it",
-            data_roots=[str(root) for root in settings.data_roots],
+            uri=uri[:200],
         )
-    if not resolved.exists():
-        raise InvalidInput(f"no such file or folder: {uri}")
+    if not exists:
+        raise InvalidInput(f"no such file or folder: {uri[:200]}", uri=uri[:200])
     return resolved
 
 
@@ -216,14 +263,20 @@ def new_source_id(session: Session, source_id: str | None, name: str) -> str:
     if source_id is not None:
         if not SOURCE_ID.match(source_id):
             raise InvalidInput(
-                "a source id is 1-64 lowercase letters, digits, '-' or '_'", id=source_id
+                "a source id is 1-64 lowercase letters, digits, '-' or '_'", id=source_id[:100]
+            )
+        if source_id in RESERVED_IDS:
+            raise InvalidInput(
+                f"{source_id!r} is reserved; choose another source id",
+                id=source_id,
+                reserved=sorted(RESERVED_IDS),
             )
         if session.get(Source, source_id) is not None:
             raise Conflict(f"a source {source_id!r} exists already; delete it first", id=source_id)
         return source_id
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48] or "source"
     candidate = slug
-    while session.get(Source, candidate) is not None:
+    while candidate in RESERVED_IDS or session.get(Source, candidate) is not None:
         candidate = f"{slug}-{uuid.uuid4().hex[:6]}"
     return candidate
 
