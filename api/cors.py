@@ -279,7 +279,7 @@ class JsonGzip:
         self.minimum_size = minimum_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
+        headers = Headers(scope=scope) if scope["type"] == "http" else Headers()
         if (
             scope["type"] != "http"
             or "gzip" not in headers.get("accept-encoding", "")

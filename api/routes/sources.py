@@ -24,8 +24,9 @@ router = APIRouter(prefix="/sources", tags=["sources"])
 
 class SourceCreate(BaseModel):
     uri: str = Field(
-        description="a local path under a data root, an http(s) URL of a GeoTIFF/COG, "
-        "or an XYZ tile URL template with {z}, {x} and {y}",
+        description="a local path under a data root or an http(s) URL of a GeoTIFF/COG or "
+        "of a STAC Item (.json, its COG asset is read), or an XYZ tile URL template with "
+        "{z}, {x} and {y}",
         max_length=2000,
     )
     name: str = Field(min_length=1, max_length=200)
@@ -53,6 +54,7 @@ class SourcePublic(BaseModel):
     tiles: str
     tilejson: str
     created_at: datetime | None = None
+    acquired: str | None = Field(None, description="when the imagery was taken (STAC datetime)")
 
 
 def _public(source: SourceInfo, request: Request) -> SourcePublic:
@@ -75,6 +77,7 @@ def _public(source: SourceInfo, request: Request) -> SourcePublic:
         tiles=f"{base}/tiles/{source.id}/{{z}}/{{x}}/{{y}}.png",
         tilejson=f"{base}/tiles/{source.id}/tilejson.json",
         created_at=datetime.fromisoformat(source.version) if source.version else None,
+        acquired=source.acquired,
     )
 
 

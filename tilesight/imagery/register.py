@@ -18,7 +18,7 @@ from shapely.geometry import box
 from sqlalchemy.orm import Session
 
 from tilesight.errors import Conflict, InvalidInput, Unprocessable
-from tilesight.imagery import xyz
+from tilesight.imagery import stac, xyz
 from tilesight.imagery.center import data_center
 from tilesight.imagery.chips import chips_to_cog, extract_zip
 from tilesight.imagery.cog import Progress, is_cog, to_cog
@@ -47,13 +47,21 @@ def register_source(
     maxzoom: int | None = None,
     reuse_existing: bool = False,
 ) -> SourceInfo:
-    """Register `uri` (local path, http(s) URL of a GeoTIFF, or XYZ template) as a source.
+    """Register `uri` (local path or http(s) URL of a GeoTIFF or a STAC Item, or an XYZ
+    template) as a source.
 
     `reuse_existing` keeps a COG already made for this id (the demo's second start).
     """
     check_text(uri=uri, name=name, attribution=attribution)
     sid = new_source_id(session, source_id, name)
     uri = uri.strip()
+    if stac.is_item_uri(uri):
+        item = stac.read_item(settings, uri, local_path)
+        register_source(
+            settings, session, item.asset_href, name=name,
+            attribution=attribution or item.attribution, source_id=sid, progress=progress,
+        )  # fmt: skip
+        return stac.record(session, sid, item)
     if xyz.is_template(uri):
         return _register_xyz(settings, session, sid, uri, name, attribution, minzoom, maxzoom)
     if uri.startswith(("http://", "https://")):

@@ -40,6 +40,7 @@ class SourceInfo:
     rescale: tuple[float, float] | None  # default stretch to 8 bit, for non-uint8 data
     version: str  # changes when the source is re-registered: part of every tile ETag
     data_point: tuple[float, float] | None = None  # lon, lat on real pixels (center.py)
+    acquired: str | None = None  # ISO 8601, from a STAC Item's datetime (stac.py)
 
     @classmethod
     def from_row(cls, row: Source) -> SourceInfo:
@@ -62,6 +63,7 @@ class SourceInfo:
             rescale=(float(rescale[0]), float(rescale[1])) if rescale else None,
             version=row.created_at.isoformat() if row.created_at else "",
             data_point=tuple(info["center"]) if info.get("center") else None,  # type: ignore[arg-type]
+            acquired=(info.get("stac") or {}).get("datetime"),
         )
 
     @property
