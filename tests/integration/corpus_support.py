@@ -100,7 +100,7 @@ def _patch_headers(data: bytes, offset_in_header: int, fmt: str, value: int) -> 
 def _corrupt_deflate() -> bytes:
     data = bytearray(_zip({CHIP_NAME: _chip_png()}))
     body = 30 + len(CHIP_NAME)  # the local header, then the compressed bytes
-    data[body + 20 : body + 120] = b"\xff" * 100
+    data[body : body + 100] = b"\xff" * 100  # BTYPE 11: an invalid deflate block
     return bytes(data)
 
 
@@ -117,8 +117,14 @@ def build_corpus(folder: Path) -> dict[str, Path]:
         "truncated-ifd.tif": lambda: atlanta[:8] + b"\x00" * 8,
         "claims-65535.tif": lambda: _patch_tiff_size(small, 65535),
         "sparse-65536.tif": lambda: _geotiff(
-            folder / "_sparse.tif", 65536, 65536, tiled=True, blockxsize=512, blockysize=512,
-            compress="deflate", sparse_ok=True,
+            folder / "_sparse.tif",
+            65536,
+            65536,
+            tiled=True,
+            blockxsize=512,
+            blockysize=512,
+            compress="deflate",
+            sparse_ok=True,
         ).read_bytes(),  # fmt: skip
         "no-crs.tif": lambda: _geotiff(folder / "_nocrs.tif", 64, 64, crs=None).read_bytes(),
         "empty.tif": lambda: b"",
@@ -186,8 +192,9 @@ def malformed_bodies() -> dict[str, tuple[str, bytes]]:
         ),
         "part-header-10k": (
             f"multipart/form-data; boundary={BOUNDARY}",
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f'filename="a.tif"\r\nX-Padding: {"p" * 10240}\r\n\r\nxx\r\n--{BOUNDARY}--\r\n'.encode(),
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="a.tif"\r\nX-Padding: {"p" * 10240}\r\n\r\n'
+            f"xx\r\n--{BOUNDARY}--\r\n".encode(),
         ),
         "garbage": (f"multipart/form-data; boundary={BOUNDARY}", bytes(range(256)) * 40),
         "unterminated": (f"multipart/form-data; boundary={BOUNDARY}", good[: -len(BOUNDARY) - 20]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +225,91 @@ def test_bad_upload_and_bad_id(api_url: str) -> None:
     response = register(api_url, uri=str(ATLANTA), name="x", id="Bad Id!")
     assert response.status_code == 400 and "source id" in response.json()["error"]
     assert httpx.get(f"{api_url}/sources/no-such-source").status_code == 404
+
+
+def test_upload_of_a_valid_cog(api_url: str, inputs: Path) -> None:
+    """A COG is renamed into sources/<id>/, which did not exist yet: that was a 500."""
+    with open(inputs / "atlanta-cog.tif", "rb") as f:
+        response = httpx.post(
+            f"{api_url}/sources/upload",
+            files={"file": ("atlanta-cog.tif", f, "image/tiff")},
+            data={"name": "Uploaded COG", "id": "uploaded-cog"},
+            timeout=120,
+        )
+    assert response.status_code == 201, response.text
+    assert response.json()["kind"] == "cog" and response.json()["dtype"] == "uint16"
+    tile = open_png(httpx.get(f"{api_url}/tiles/uploaded-cog/18/69556/105035.png"))
+    assert tile[..., 0].any()
+
+
+def test_tiny_spread_zip_is_refused_within_a_second(api_url: str) -> None:
+    chip = chip_names()[0][2].read_bytes()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("7/0/0.png", chip)
+        zf.writestr("7/127/127.png", chip)
+    start = time.perf_counter()
+    response = httpx.post(
+        f"{api_url}/sources/upload",
+        files={"file": ("spread.zip", archive.getvalue(), "application/zip")},
+        data={"name": "spread"},
+    )
+    assert time.perf_counter() - start < 1.0
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"]["limit"] == 2**29
+    assert "spread.zip" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("{inputs}/atlanta\x00.tif", "NUL byte"),
+        ("{inputs}/" + "a" * 300 + ".tif", "uri"),
+        ("https://no-such-host.invalid/a.tif", "cannot resolve host"),
+        ("http://100.100.100.200/latest/meta-data", "internal address"),
+        ("http://[2002:a9fe:a9fe::]/latest", "internal address"),
+        ("http://[2002:7f00:1::]:{port}/files/atlanta.tif", "internal address"),
+    ],
+)
+def test_bad_uris_are_400_naming_the_input(
+    api_url: str, inputs: Path, settings: Settings, uri: str, says: str
+) -> None:
+    uri = uri.format(inputs=inputs, port=settings.api_port)
+    response = register(api_url, uri=uri, name="bad", id="bad-uri")
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"]
+    assert str(settings.home) not in response.text.replace(str(inputs), "")
+    assert "data_roots" not in response.text
+
+
+def test_outside_a_data_root_names_the_input_not_the_roots(
+    api_url: str, settings: Settings
+) -> None:
+    response = register(api_url, uri="/etc/hostname", name="x", id="outside")
+    assert response.status_code == 400
+    assert response.json()["detail"] == {"uri": "/etc/hostname"}
+    assert str(settings.home) not in response.text
+
+
+def test_reserved_ids_and_staging_outside_sources(api_url: str, inputs: Path) -> None:
+    for sid in ("uploads", "upload", "staging"):
+        response = register(api_url, uri=str(inputs / "atlanta.tif"), name="x", id=sid)
+        assert response.status_code == 400 and "reserved" in response.json()["error"]
+    # a name that slugs to a reserved id gets another id
+    response = register(api_url, uri=str(inputs / "atlanta-cog.tif"), name="Uploads")
+    assert response.status_code == 201 and response.json()["id"].startswith("uploads-")
+    assert httpx.delete(f"{api_url}/sources/{response.json()['id']}").status_code == 204
+
+
+def test_chunked_json_over_the_limit_is_413(api_url: str, settings: Settings) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'{"uri": "'
+        for _ in range(settings.max_body_bytes // 65536 + 2):
+            yield b"a" * 65536
+        yield b'", "name": "x"}'
+
+    response = httpx.post(
+        f"{api_url}/sources", content=body(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"]["limit"] == settings.max_body_bytes
