@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
 
-from api import cors, errors
+from api import cors, errors, security
 from api.access import access
 from api.middleware import RequestContext
 from api.routes import (
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     cors.install(app, settings)
+    security.install(app, settings)
     for router in ROUTERS:
         policy = POLICIES.get(str(router.tags[0])) if router.tags else None
         app.include_router(

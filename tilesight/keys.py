@@ -50,14 +50,26 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
-    """Store a new key and return it with its token, which is never retrievable again."""
+def create_key(
+    session: Session, name: str, scopes: list[str], minted_anonymously: bool = False
+) -> tuple[ApiKey, str]:
+    """Store a new key and return it with its token, which is never retrievable again.
+
+    `minted_anonymously` marks a key made through the API while keys were off: anyone
+    who reached the API could have made it, and it stays valid once keys are turned on,
+    so lists show the mark for an operator to revoke such keys."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise InvalidInput(f"scopes must be some of {', '.join(SCOPES)}; got {scopes}")
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(32)
-    row = ApiKey(name=name, prefix=prefix, secret_hash=_hash(secret), scopes=sorted(set(scopes)))
+    row = ApiKey(
+        name=name,
+        prefix=prefix,
+        secret_hash=_hash(secret),
+        scopes=sorted(set(scopes)),
+        minted_anonymously=minted_anonymously,
+    )
     session.add(row)
     session.flush()
     return row, f"ts_{prefix}_{secret}"

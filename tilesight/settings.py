@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
 
 
 class Settings(BaseSettings):
@@ -28,7 +29,11 @@ class Settings(BaseSettings):
 
     environment: str = Field("development", description="development, test or production")
     home: Path = Field(PROJECT_ROOT / ".tilesight", description="state: databases, logs, COGs")
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1",
+        description="where the API listens; the local stack's PostgreSQL, Redis and Triton "
+        "always listen on loopback only (see tilesight/exposure.py)",
+    )
 
     # ports of the local stack
     api_port: int = 8080
@@ -90,6 +95,21 @@ class Settings(BaseSettings):
         description="budget -> [tokens per second, burst], per API key or client address",
     )
     max_active_jobs_per_key: int = 4
+    allow_open_access: bool = Field(
+        False,
+        description="serve callers beyond loopback with auth_required off (every caller is "
+        "then admin); without it the API refuses to start so",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values the API answers (DNS rebinding); empty: loopback "
+        "names and `host`; ['*'] turns the check off",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks whose X-Forwarded-For names the real client; "
+        "empty: trust none, so rate limits key on the connecting address",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins (https://maps.example.org) whose pages may also call the "
@@ -112,18 +132,19 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive_urls(self) -> Settings:
         """Fill service URLs from the local-stack ports unless given explicitly."""
+        local = LOOPBACK  # the local stack's services never listen beyond loopback
         if not self.database_url:
             self.database_url = (
-                f"postgresql+psycopg://tilesight@{self.host}:{self.postgres_port}/tilesight"
+                f"postgresql+psycopg://tilesight@{local}:{self.postgres_port}/tilesight"
             )
         if not self.redis_url:
-            self.redis_url = f"redis://{self.host}:{self.redis_port}/0"
+            self.redis_url = f"redis://{local}:{self.redis_port}/0"
         if not self.celery_broker_url:
             self.celery_broker_url = self.redis_url
         if not self.triton_url:
-            self.triton_url = f"{self.host}:{self.triton_grpc_port}"
+            self.triton_url = f"{local}:{self.triton_grpc_port}"
         if not self.triton_http_url:
-            self.triton_http_url = f"{self.host}:{self.triton_http_port}"
+            self.triton_http_url = f"{local}:{self.triton_http_port}"
         if not self.data_roots:
             self.data_roots = [self.home / "data", self.demo_data]
         return self
@@ -146,7 +167,9 @@ class Settings(BaseSettings):
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        """Where this machine reaches the API (loopback when it listens everywhere)."""
+        host = LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.api_port}"
 
 
 @lru_cache

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tilesight.settings import PROJECT_ROOT, Settings
+from tilesight.exposure import ExposureRefused, check_exposure
+from tilesight.settings import LOOPBACK, PROJECT_ROOT, Settings
 from tilesight.tritonserver import TritonLayout
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Stack:
         def pg_after() -> None:
             import psycopg
 
-            url = f"host={s.host} port={s.postgres_port} user=tilesight dbname=postgres"
+            url = f"host={LOOPBACK} port={s.postgres_port} user=tilesight dbname=postgres"
             with psycopg.connect(url, autocommit=True) as conn:
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = 'tilesight'"
@@ -175,7 +176,7 @@ class Stack:
                 [
                     str(PG_BIN / "pg_isready"),
                     "-h",
-                    s.host,
+                    LOOPBACK,
                     "-p",
                     str(s.postgres_port),
                     "-U",
@@ -225,7 +226,7 @@ class Stack:
                     "-k",
                     str(pg_socket),
                     "-c",
-                    f"listen_addresses={s.host}",
+                    f"listen_addresses={LOOPBACK}",  # trust auth: never beyond loopback
                     "-c",
                     "fsync=on",
                     "-c",
@@ -246,7 +247,7 @@ class Stack:
                     "--port",
                     str(s.redis_port),
                     "--bind",
-                    s.host,
+                    LOOPBACK,  # no password: never beyond loopback
                     "--dir",
                     str(redis_dir),
                     "--appendonly",
@@ -254,7 +255,7 @@ class Stack:
                     "--save",
                     "",
                     "--protected-mode",
-                    "no",
+                    "yes",
                 ],
                 redis_healthy,
                 prepare=lambda: redis_dir.mkdir(parents=True, exist_ok=True),
@@ -315,6 +316,9 @@ class Stack:
                     "--timeout-graceful-shutdown",
                     "10",
                     "--no-access-log",
+                    "--no-server-header",
+                    # X-Forwarded-For is read by the app, from trusted_proxies only
+                    "--no-proxy-headers",
                 ],
                 lambda: _http_ok(f"{s.api_url}/healthz"),
                 env=base_env,
@@ -331,7 +335,9 @@ class Stack:
         busy = [
             f"{c.name} port {c.port}"
             for c in self.components
-            if c.port and not self._alive(c.name) and port_in_use(self.settings.host, c.port)
+            if c.port
+            and not self._alive(c.name)
+            and port_in_use(self.settings.host if c.name == "api" else LOOPBACK, c.port)
         ]
         if busy:
             raise StackError(
@@ -342,6 +348,11 @@ class Stack:
 
     def start(self, on_ready: Callable[[str], None] = lambda name: None) -> None:
         """Start every component not already running and wait until each answers."""
+        if any(c.name == "api" for c in self.components):
+            try:  # before anything starts, not when the API does
+                check_exposure(self.settings)
+            except ExposureRefused as exc:
+                raise StackError(str(exc)) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.check_ports()
         for component in self.components:

@@ -49,6 +49,8 @@ class ApiKey(Base):
     scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # created through the API while keys were off, so by anyone who could reach it
+    minted_anonymously: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Source(Base):

@@ -11,7 +11,7 @@ import sysconfig
 import urllib.request
 from pathlib import Path
 
-from tilesight.settings import PROJECT_ROOT, Settings
+from tilesight.settings import LOOPBACK, PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ class TritonLayout:
             f"--http-port={s.triton_http_port}",
             f"--grpc-port={s.triton_grpc_port}",
             f"--metrics-port={s.triton_metrics_port}",
-            f"--http-address={s.host}",
-            f"--grpc-address={s.host}",
+            # no auth in Triton: loopback only, whatever TILESIGHT_HOST (the API's) says;
+            # metrics follow --http-address
+            f"--http-address={LOOPBACK}",
+            f"--grpc-address={LOOPBACK}",
             "--model-control-mode=explicit",
             "--strict-readiness=false",
             "--exit-timeout-secs=2",

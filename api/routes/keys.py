@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
+from api.access import principal_of
 from api.deps import SessionDep
 from tilesight.keys import SCOPES, create_key, list_keys, revoke_key
 
@@ -24,6 +25,10 @@ class KeyPublic(BaseModel):
     scopes: list[str]
     created_at: datetime
     revoked_at: datetime | None
+    minted_anonymously: bool = Field(
+        description="made here while API keys were off, so by anyone who could reach the "
+        "API; it stays valid once keys are on: revoke it unless you know who holds it"
+    )
 
 
 class KeyCreated(KeyPublic):
@@ -31,9 +36,10 @@ class KeyCreated(KeyPublic):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create an API key")
-def create(body: KeyCreate, session: SessionDep) -> KeyCreated:
+def create(body: KeyCreate, request: Request, session: SessionDep) -> KeyCreated:
+    anonymous = principal_of(request).key_id is None  # only possible with keys off
     with session.begin():
-        row, token = create_key(session, body.name, body.scopes)
+        row, token = create_key(session, body.name, body.scopes, minted_anonymously=anonymous)
     return KeyCreated(
         **KeyPublic.model_validate(row, from_attributes=True).model_dump(), token=token
     )

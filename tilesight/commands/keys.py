@@ -32,8 +32,9 @@ def create(
 
 @app.command("list")
 def list_() -> None:
-    """Every key: prefix, name, scopes, and whether it was revoked."""
-    table = Table("prefix", "name", "scopes", "created", "revoked")
+    """Every key: prefix, name, scopes, whether it was revoked, and whether anyone could
+    have minted it (made through the API while keys were off: revoke those you do not know)."""
+    table = Table("prefix", "name", "scopes", "created", "revoked", "minted with keys off")
     with session_scope(_sessions()) as session:
         for row in list_keys(session):
             table.add_row(
@@ -42,6 +43,7 @@ def list_() -> None:
                 ",".join(row.scopes),
                 f"{row.created_at:%Y-%m-%d %H:%M}",
                 f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "",
+                "yes" if row.minted_anonymously else "",
             )
     console.print(table)
 
