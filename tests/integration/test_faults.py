@@ -48,3 +48,27 @@ def test_a_restart_mid_job_loses_nothing_and_doubles_nothing(
     assert job["state"] == "done", job
     assert job["chunks_done"] == job["chunks_total"]
     assert same_buildings(features(client, job_id), features(client, done_job["id"]))
+
+
+def test_a_retry_that_cannot_be_published_while_redis_is_down_loses_nothing(
+    client: httpx.Client, db: Engine, source: str, stack: Stack, done_job: dict[str, Any]
+) -> None:
+    """Triton goes down while Redis is down: the running chunk fails (transient) and its
+    retry has no broker to go to. It must wait for Redis or stay unacknowledged, not be
+    acked and dropped, which left the job `running` for good."""
+    job_id = submit(client, source).json()["id"]
+    wait_until_running(db, job_id)
+    _state, done, total = job_state(db, job_id)
+    assert done < total, "the job finished before the fault: it would prove nothing"
+    redis, triton = stack.component("redis"), stack.component("triton")
+    stack.stop_component(redis)
+    stack.stop_component(triton)
+    try:
+        time.sleep(8)  # the chunk meets Triton down and tries to publish its retry
+    finally:
+        stack.start_component(redis)
+        stack.start_component(triton)
+    job = wait(client, db, job_id, timeout_s=300)
+    assert job["state"] == "done", job
+    assert job["chunks_done"] == job["chunks_total"]
+    assert same_buildings(features(client, job_id), features(client, done_job["id"]))

@@ -18,6 +18,7 @@ import httpx
 import mapbox_vector_tile
 import mercantile
 import pyogrio
+import pytest
 import redis
 from shapely.geometry import box, mapping, shape
 from sqlalchemy import Engine
@@ -204,3 +205,52 @@ def test_limits_are_published(client: httpx.Client, stack: Stack) -> None:
         "max_tiles": stack.settings.job_max_tiles,
         "max_active_jobs_per_key": stack.settings.max_active_jobs_per_key,
     }
+
+
+RING = "[[39.24, -6.04], [39.25, -6.04], [39.25, -6.05], %s, [39.24, -6.04]]"
+
+
+@pytest.mark.parametrize(
+    ("position", "field"),
+    [
+        ("[NaN, -6.05]", "aoi.coordinates[0][3][0]"),
+        ("[39.24, Infinity]", "aoi.coordinates[0][3][1]"),
+        ("[39.24, -Infinity]", "aoi.coordinates[0][3][1]"),
+        ("[1e400, -6.05]", "aoi.coordinates[0][3][0]"),
+        ("[true, -6.05]", "aoi.coordinates[0][3][0]"),
+    ],
+)
+def test_a_coordinate_that_is_no_number_is_a_422_naming_it(
+    client: httpx.Client, source: str, position: str, field: str
+) -> None:
+    ring = RING % position  # noqa: UP031 - JSON braces would need doubling in an f-string
+    body = f'{{"source": "{source}", "aoi": {{"type": "Polygon", "coordinates": [{ring}]}}}}'
+    response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["field"] == field
+    assert client.get("/healthz").status_code == 200  # the connection survived
+
+
+def test_a_ring_around_the_world_is_refused(client: httpx.Client, source: str) -> None:
+    ring = [[-180, -6.05], [180, -6.05], [180, -6.04], [-180, -6.04], [-180, -6.05]]
+    response = submit(client, source, {"type": "Polygon", "coordinates": [ring]})
+    assert response.status_code == 422, response.text
+    assert "antimeridian" in response.json()["error"]
+
+
+@pytest.mark.parametrize("bbox", ["nan,0,1,1", "0,0,inf,1", "0,0,1e400,1", "-inf,0,1,1"])
+def test_a_bbox_that_is_no_number_is_a_400(
+    client: httpx.Client, done_job: dict[str, Any], bbox: str
+) -> None:
+    response = client.get(f"/jobs/{done_job['id']}/buildings.geojson", params={"bbox": bbox})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"]["bbox"] == bbox
+
+
+@pytest.mark.parametrize("colormap", ["#-1-1-1", "#+1+1+1", "# 1 1 1", "#12345g", "#1_2_3_"])
+def test_a_colormap_with_odd_digits_is_a_422(client: httpx.Client, colormap: str) -> None:
+    response = client.get(
+        "/predictions/buildings/nairobi/19/315878/264050.png", params={"colormap": colormap}
+    )
+    assert response.status_code == 422, response.text
+    assert "colormap" in response.json()["error"]

@@ -82,3 +82,85 @@ def test_a_tiny_run_trains_exports_and_is_served(api_url: str, settings: Setting
         f"http://{settings.triton_http_url}/v2/models/buildings/versions/{version}/ready"
     )
     assert ready.status_code == 200
+
+
+def _inline(features: list[dict]) -> dict:
+    return {"type": "FeatureCollection", "features": features}
+
+
+NAIROBI_SQUARE = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon",
+                  "coordinates": [[[36.8, -1.3], [36.8001, -1.3], [36.8001, -1.2999],
+                                   [36.8, -1.2999], [36.8, -1.3]]]}}  # fmt: skip
+FAR_RING = [[0, 0], [0.001, 0], [0.001, 0.001], [0, 0.001], [0, 0]]
+FAR_SQUARE = {**NAIROBI_SQUARE, "geometry": {"type": "Polygon", "coordinates": [FAR_RING]}}
+
+
+def test_refused_runs_leave_no_labels_on_disk_and_no_server_paths(
+    api_url: str, settings: Settings
+) -> None:
+    folder = settings.home / "labels"
+    before = sorted(folder.glob("*")) if folder.exists() else []
+    probes = [
+        {"source": "nairobi", "labels": _inline([])},  # no polygons
+        {"source": "nairobi", "labels": _inline([FAR_SQUARE])},  # not over the imagery
+        {"source": "nairobi", "labels": {"type": "Point", "coordinates": [36.8, -1.3]}},
+        {"source": "nairobi", "labels": _inline([NAIROBI_SQUARE]), "init_from_version": 99},
+        {"source": "nairobi", "labels": _inline([NAIROBI_SQUARE]), "classes": ["a", "b"]},
+    ] * 4
+    server_paths = [str(settings.home), str(settings.model_repo), str(settings.demo_data)]
+    for body in probes:
+        response = httpx.post(f"{api_url}/training-runs", json=body)
+        assert 400 <= response.status_code < 500, response.text
+        assert not any(p in response.text for p in server_paths), response.text
+    after = sorted(folder.glob("*")) if folder.exists() else []
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("labels_path", "needle"),
+    [
+        ("/etc/passwd", "outside"),
+        ("buildings/nairobi/no-such.geojson", "no such file"),
+    ],
+)
+def test_path_errors_name_the_users_input_not_the_servers(
+    api_url: str, settings: Settings, labels_path: str, needle: str
+) -> None:
+    response = httpx.post(
+        f"{api_url}/training-runs", json={"source": "nairobi", "labels_path": labels_path}
+    )
+    assert response.status_code == 400, response.text
+    assert needle in response.text
+    for root in settings.data_roots:
+        assert str(root) not in response.text
+
+
+@pytest.mark.parametrize(
+    "labels_path",
+    ["a\x00b.geojson", "x" * 256 + ".geojson", "data/" + "é" * 128 + "/labels.geojson"],
+)
+def test_a_path_no_file_system_takes_is_a_422_naming_labels_path(
+    api_url: str, labels_path: str
+) -> None:
+    response = httpx.post(
+        f"{api_url}/training-runs", json={"source": "nairobi", "labels_path": labels_path}
+    )
+    assert response.status_code == 422, response.text
+    assert "labels_path" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400", "true"])
+def test_inline_label_coordinates_must_be_finite_numbers(
+    api_url: str, settings: Settings, value: str
+) -> None:
+    body = (
+        '{"source": "nairobi", "labels": {"type": "FeatureCollection", "features": ['
+        '{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", '
+        f'"coordinates": [[[36.8, -1.3], [{value}, -1.3], [36.8, -1.29], [36.8, -1.3]]]}}}}'
+        "]}}"
+    )
+    response = httpx.post(
+        f"{api_url}/training-runs", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["field"] == "labels.features[0].geometry.coordinates[0][1][0]"

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from sqlalchemy.orm import Session, sessionmaker
 
 from tilesight import registry, tables
@@ -83,6 +84,26 @@ def _predictor(
     return predict, meta.get("classes"), float(meta.get("threshold", 0.5))
 
 
+def _retry(task: Task, exc: Exception, limit: int) -> Exception:
+    """Publish the retry, waiting out a broker restart (PUBLISH_RETRY). Celery answers a
+    retry it cannot publish with Reject(requeue=False), which acks the message: the chunk
+    would be lost and its job left running forever. Requeue instead; while the broker is
+    down even that cannot be said, so the message stays unacknowledged and the broker
+    delivers it again (on reconnect, or after the visibility timeout)."""
+    try:
+        return task.retry(
+            exc=exc,
+            countdown=backoff(task.request.retries),
+            max_retries=limit,
+            throw=False,
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+        )
+    except Reject as rejected:
+        log.warning("could not publish the retry; requeueing the chunk: %s", rejected.reason)
+        return Reject(rejected.reason, requeue=True)
+
+
 @shared_task(
     name="tilesight.jobs.run_chunk",
     bind=True,
@@ -108,9 +129,7 @@ def run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
             log.warning(
                 "chunk %s/%s failed (attempt %s), retrying: %s", job_id, index, attempts, exc
             )
-            raise self.retry(
-                exc=exc, countdown=backoff(self.request.retries), max_retries=limit
-            ) from exc
+            raise _retry(self, exc, limit) from exc
         chunk.fail_chunk(rt.factory, jid, index, f"{type(exc).__name__}: {exc}", attempts)
         raise
     if result.merge:
@@ -125,4 +144,4 @@ def merge(self: Task, job_id: str) -> str:
     try:
         return chunk.finish_job(runtime().factory, uuid.UUID(job_id))
     except Exception as exc:
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+        raise _retry(self, exc, MAX_TRANSIENT_RETRIES) from exc
