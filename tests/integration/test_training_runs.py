@@ -120,7 +120,7 @@ def test_refused_runs_leave_no_labels_on_disk_and_no_server_paths(
     ("labels_path", "needle"),
     [
         ("/etc/passwd", "outside"),
-        ("buildings/nairobi/no-such.geojson", "no such file"),
+        ("data/no-such.geojson", "no such file"),
     ],
 )
 def test_path_errors_name_the_users_input_not_the_servers(
