@@ -16,6 +16,14 @@ from rio_cogeo.profiles import cog_profiles
 from tilesight.imagery.rasters import READ_ERRORS, configure_gdal, open_geotiff
 
 Progress = Callable[[float], None]  # fraction done, 0..1
+# what cog_validate raises on files it cannot make sense of, beside GDAL's read errors
+_VALIDATE_ERRORS: tuple[type[Exception], ...] = (
+    *READ_ERRORS,
+    UnboundLocalError,
+    KeyError,
+    IndexError,
+    ValueError,
+)
 
 
 def is_cog(path: Path) -> bool:
@@ -27,7 +35,7 @@ def is_cog(path: Path) -> bool:
     configure_gdal()
     try:
         valid, _errors, _warnings = cog_validate(str(path), quiet=True)
-    except (*READ_ERRORS, UnboundLocalError, KeyError, IndexError, ValueError):
+    except _VALIDATE_ERRORS:
         return False
     return bool(valid)
 
