@@ -109,3 +109,14 @@ def test_a_member_larger_than_a_chip_is_cut_off_while_streaming(tmp_path: Path) 
         zf.writestr(f"21/{X}/{Y}.png", b"\0" * (16 << 20))
     with pytest.raises(TooLarge, match="a chip file may be at most"):
         extract_zip(archive, tmp_path / "out", max_bytes=1 << 30)
+
+
+def test_a_zip_listing_too_many_entries_is_refused_before_zipfile_reads_them(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(50_001):
+            zf.writestr(f"n/{i}", b"")
+    with pytest.raises(TooLarge, match="more than 50000 entries"):
+        extract_zip(archive, tmp_path / "out", max_bytes=10**7)

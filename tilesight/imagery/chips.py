@@ -40,6 +40,9 @@ WORLD_M = 2 * np.pi * 6378137.0
 MAX_SPREAD = 16  # extent tiles per chip: Tanzania's 736 demo chips span 6.4x their area
 MAX_CHIP_BYTES = 4 * 1024 * 1024  # one chip file; a 256 px RGBA TIFF is ~260 KB
 DEFAULT_MAX_PIXELS = 2**29
+# zipfile reads the whole central directory into ZipInfo objects (~0.5 KB each) on open;
+# 2**29 px is 8192 chips at the top zoom, so this leaves room for lower zooms and extras
+MAX_ZIP_ENTRIES = 50_000
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,13 @@ def extract_zip(
     streamed to disk under a byte cap, since declared sizes may lie.
     """
     label = label or archive.name
+    entries = _declared_entries(archive)
+    if entries is None or entries > MAX_ZIP_ENTRIES:
+        raise TooLarge(
+            f"{label} lists more than {MAX_ZIP_ENTRIES} entries (or a ZIP64 directory); "
+            "send at most that many chips per zip",
+            limit=MAX_ZIP_ENTRIES,
+        )
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
@@ -262,6 +272,22 @@ def extract_zip(
             target.parent.mkdir(parents=True, exist_ok=True)
             budget -= _unpack(zf, member, target, min(MAX_CHIP_BYTES, budget), label)
     return dest
+
+
+def _declared_entries(archive: Path) -> int | None:
+    """The entry count of the end-of-central-directory record, read from the file's tail
+    before zipfile builds every entry; None for ZIP64 (0xFFFF) counts. A file without
+    the record reports 0 and is refused by ZipFile as not a zip."""
+    with open(archive, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - (65535 + 22)))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return 0
+    (count,) = struct.unpack_from("<H", tail, at + 10)
+    return None if count == 0xFFFF else count
 
 
 def _unpack(
