@@ -125,9 +125,13 @@ class TritonClient:
         except InferenceServerException as exc:
             raise _translate(exc, model, version) from exc
 
-    async def load_model(self, model: str) -> None:
+    async def load_model(self, model: str, config: str | None = None) -> None:
+        """(Re)load `model`; `config` (Triton's JSON model config) overrides its
+        config.pbtxt, e.g. the instance count of `tilesight.tritonserver.config_override`."""
         try:
-            await self.client.load_model(model, client_timeout=max(self.timeout_s, 120.0))
+            await self.client.load_model(
+                model, config=config, client_timeout=max(self.timeout_s, 120.0)
+            )
         except InferenceServerException as exc:
             raise _translate(exc, model, "") from exc
         self._metadata.clear()

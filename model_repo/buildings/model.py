@@ -6,6 +6,12 @@ cross the backend boundary through DLPack only: with this Triton build `as_numpy
 handed the model wrong pixels and numpy outputs arrived empty (see shared GPU.md).
 The module is rebuilt by `tilesight.model.export.load_model`, the same function the
 tests and the training code use, so served and tested weights cannot drift apart.
+
+On CPU a version folder holding `model.onnx` (written by `export_model` beside
+model.pt) runs through ONNX Runtime: the same graph with BatchNorm folded and fused
+kernels, about 2x PyTorch eager here (bench/README.md), equal to it within 1e-4. A
+version without one, or a GPU instance, runs PyTorch. Each instance gets
+TILESIGHT_MODEL_THREADS threads (`tilesight.tritonserver` sizes them from the cores).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch  # noqa: E402
 import torch.utils.dlpack  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from tilesight.model.export import load_model  # noqa: E402
+from tilesight.model.export import load_model, onnx_session  # noqa: E402
 
 
 class TritonPythonModel:
@@ -32,9 +38,12 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         gpu = args.get("model_instance_kind") == "GPU"
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        threads = int(os.environ.get("TILESIGHT_MODEL_THREADS", "0") or 0)
         if threads and not gpu:
             torch.set_num_threads(threads)
+        self.session = None if gpu else onnx_session(version_dir, threads)
+        self.runtime = "onnxruntime" if self.session is not None else "torch"
+        pb_utils.Logger.log_info(f"{args['model_name']} v{args['model_version']}: {self.runtime}")
         self.model, self.metadata = load_model(version_dir, device=self.device)
         # channels_last: 1.7-2x the fp32 tiles/s on CPU (bench/RESULTS.md), and what
         # tensor cores want on a GPU
@@ -68,6 +77,9 @@ class TritonPythonModel:
 
     @torch.inference_mode()
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            (probability,) = self.session.run(None, {"image": batch.contiguous().numpy()})
+            return torch.from_numpy(probability).half()
         batch = batch.to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=torch.channels_last)
         if self.autocast:
@@ -76,4 +88,4 @@ class TritonPythonModel:
         return self.model(batch).half()
 
     def finalize(self) -> None:
-        del self.model
+        del self.model, self.session

@@ -1,15 +1,21 @@
-"""Model versions on disk: `model_repo/<model>/<N>/{model.pt, metadata.json}`.
+"""Model versions on disk: `model_repo/<model>/<N>/{model.pt, metadata.json, model.onnx}`.
 
 Triton's python backend, the tests and `tilesight evaluate` all rebuild the served
 module through `load_model`, so the weights file holds only a state_dict and the
 metadata says how to build the module around it: no pickled classes, no code drift.
+`model.onnx` is the same module traced once at export (uint8 in, probabilities out,
+batch, height and width free); the backend serves it through ONNX Runtime, about 2x
+PyTorch eager on CPU (bench/README.md), and a version without one is served by PyTorch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import subprocess
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,11 @@ from tilesight.model.unet import SegmentationModel, UNetConfig
 
 WEIGHTS = "model.pt"
 METADATA = "metadata.json"
+ONNX = "model.onnx"
+ONNX_OPSET = 17
+#: ONNX Runtime against PyTorch on the same uint8 batch; the export is refused beyond
+#: this (the overlay's own tolerance is 2/255, the served output is fp16 anyway).
+ONNX_TOLERANCE = 1e-4
 REQUIRED_KEYS = (
     "name", "version", "architecture", "classes", "zoom", "tile_size", "buffer",
     "normalization", "threshold", "metrics", "training_data", "split", "code_version",
@@ -87,6 +98,11 @@ def export_model(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, tmp / WEIGHTS)
     (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        export_onnx(model, tmp, size)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     tmp.rename(final)
     return final
 
@@ -116,3 +132,61 @@ def latest_version(model_repo: Path, name: str = "buildings") -> Path:
     if not versions:
         raise NotFound(f"model {name} has no versions in {model_repo}")
     return model_dir / str(max(versions))
+
+
+def export_onnx(model: torch.nn.Module, version_dir: Path, size: int | None = None) -> Path:
+    """Write `model.onnx` beside `model.pt`, checked against PyTorch before it is kept.
+
+    Traced on a CPU copy in eval mode (training may hand over a GPU or train-mode
+    module); batch, height and width stay dynamic so one file serves any tile size and
+    Triton's batches. ONNX Runtime then runs it on a random batch of two and the file is
+    refused (InvalidInput) if it strays from PyTorch by more than ONNX_TOLERANCE."""
+    import numpy as np
+    import onnxruntime as ort
+
+    version_dir = Path(version_dir)
+    if size is None:
+        meta = read_metadata(version_dir)
+        size = int(meta["tile_size"]) + 2 * int(meta["buffer"])
+    module = copy.deepcopy(model).cpu().float().eval()
+    example = torch.zeros((1, 3, size, size), dtype=torch.uint8)
+    tmp = version_dir / f".{ONNX}.tmp-{os.getpid()}"
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=["image"],
+            output_names=["probability"], opset_version=ONNX_OPSET,
+            dynamic_axes={"image": axes, "probability": axes}, dynamo=False,
+        )  # fmt: skip
+    check = np.random.default_rng(0).integers(0, 256, (2, 3, size, size), dtype=np.uint8)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(check)).numpy()
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": check})[0]
+    error = float(np.abs(got - expected).max())
+    if error > ONNX_TOLERANCE:
+        tmp.unlink()
+        raise InvalidInput(
+            f"the ONNX export differs from PyTorch by {error:.2g} (> {ONNX_TOLERANCE}); "
+            "the version was not written: the model holds a layer the ONNX export does "
+            "not reproduce"
+        )
+    tmp.rename(version_dir / ONNX)
+    return version_dir / ONNX
+
+
+def onnx_session(version_dir: str | Path, threads: int = 0) -> Any | None:
+    """An ONNX Runtime session for the version's `model.onnx`, or None where the version
+    has none (older versions are then served by PyTorch). `threads` 0 lets ONNX Runtime
+    take every core; a Triton instance is given its share (tilesight.tritonserver)."""
+    path = Path(version_dir) / ONNX
+    if not path.is_file():
+        return None
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
