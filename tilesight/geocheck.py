@@ -25,40 +25,62 @@ DEPTHS = {
 }
 
 
-def check_geojson(obj: Any, where: str) -> None:
+def check_geojson(obj: Any, where: str, strict: bool = False) -> None:
     """Raise Unprocessable naming the first position in `obj` that is not two or three
     finite numbers. Objects that are not geometries, features or collections are left to
-    the caller's own checks (which say what type was expected)."""
+    the caller's own checks (which say what type was expected), unless `strict`: then
+    the structure must be GeoJSON too (features a list of objects, known geometry types,
+    properties an object) and positions lie within longitude and latitude, as for a
+    document that is written to a file for GDAL to read."""
     if not isinstance(obj, dict):
+        if strict:
+            raise Unprocessable(f"{where} must be a GeoJSON object", field=where)
         return
     kind = obj.get("type")
     if kind == "Feature":
-        check_geojson(obj.get("geometry"), f"{where}.geometry")
+        geometry = obj.get("geometry")
+        if strict and not isinstance(obj.get("properties") or {}, dict):
+            raise Unprocessable(f"{where}.properties must be an object or null", field=where)
+        if geometry is not None or not strict:
+            check_geojson(geometry, f"{where}.geometry", strict)
     elif kind == "FeatureCollection":
         features = obj.get("features")
+        if strict and not isinstance(features, list | tuple):
+            raise Unprocessable(f"{where}.features must be an array", field=f"{where}.features")
         if isinstance(features, list | tuple):
             for i, feature in enumerate(features):
-                check_geojson(feature, f"{where}.features[{i}]")
+                if strict and not (isinstance(feature, dict) and feature.get("type") == "Feature"):
+                    raise Unprocessable(
+                        f"{where}.features[{i}] must be a Feature", field=f"{where}.features[{i}]"
+                    )
+                check_geojson(feature, f"{where}.features[{i}]", strict)
     elif kind == "GeometryCollection":
         geometries = obj.get("geometries")
+        if strict and not isinstance(geometries, list | tuple):
+            raise Unprocessable(f"{where}.geometries must be an array", field=where)
         if isinstance(geometries, list | tuple):
             for i, geometry in enumerate(geometries):
-                check_geojson(geometry, f"{where}.geometries[{i}]")
+                check_geojson(geometry, f"{where}.geometries[{i}]", strict)
     elif kind in DEPTHS and "coordinates" in obj:
-        _check_nested(obj["coordinates"], DEPTHS[kind], f"{where}.coordinates")
+        _check_nested(obj["coordinates"], DEPTHS[kind], f"{where}.coordinates", strict)
+    elif strict:
+        raise Unprocessable(
+            f"{where} must be a GeoJSON Feature, FeatureCollection or geometry with coordinates",
+            field=f"{where}.type",
+        )
 
 
-def _check_nested(value: Any, depth: int, where: str) -> None:
+def _check_nested(value: Any, depth: int, where: str, degrees: bool) -> None:
     if depth == 0:
-        _check_position(value, where)
+        _check_position(value, where, degrees)
         return
     if not isinstance(value, list | tuple):
         raise Unprocessable(f"{where} must be an array", field=where)
     for i, item in enumerate(value):
-        _check_nested(item, depth - 1, f"{where}[{i}]")
+        _check_nested(item, depth - 1, f"{where}[{i}]", degrees)
 
 
-def _check_position(value: Any, where: str) -> None:
+def _check_position(value: Any, where: str, degrees: bool = False) -> None:
     if not isinstance(value, list | tuple) or not 2 <= len(value) <= 3:
         raise Unprocessable(
             f"{where} must be a position: [longitude, latitude] in degrees", field=where
@@ -80,3 +102,8 @@ def _check_position(value: Any, where: str) -> None:
                 "values like 1e400 are not coordinates)",
                 field=f"{where}[{i}]",
             )
+    if degrees and not (-180 <= value[0] <= 180 and -90 <= value[1] <= 90):
+        raise Unprocessable(
+            f"{where} must be [longitude, latitude] in degrees (EPSG:4326, RFC 7946)",
+            field=where,
+        )

@@ -138,7 +138,7 @@ def _create(
 
         check_init_from(version_dir, req.width, req.depth)  # 400 now, not a failed run later
     if req.labels is not None:
-        check_geojson(req.labels, "labels")  # before NaN or `true` is written to a file
+        check_geojson(req.labels, "labels", strict=True)  # before a file is written
 
     labels_file = _labels_file(settings, req, run_id)
     if is_raster(labels_file) and not req.classes:
@@ -147,7 +147,15 @@ def _create(
             "first; building footprints come as GeoJSON or an OSM extract"
         )
     # InvalidInput when empty, not GeoJSON/OSM/a raster, or without a polygon of the classes
-    labels = load_labels(labels_file, req.classes, req.class_property, req.ignore_value)
+    try:
+        labels = load_labels(labels_file, req.classes, req.class_property, req.ignore_value)
+    except TilesightError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        # GDAL or shapely refusing what passed the checks above: the user's file, not a bug
+        raise InvalidInput(
+            f"the labels could not be read as GeoJSON, an OSM extract or a raster: {exc}"[:500]
+        ) from exc
     if labels.raster is not None:
         check_raster_values(labels_file, len(req.classes), req.ignore_value)
     labels_4326 = _bounds_4326(labels.extent())
@@ -182,7 +190,11 @@ def _labels_file(settings: Settings, req: RunRequest, run_id: uuid.UUID) -> Path
         return local_path(settings, req.labels_path)
     path = _inline_labels_file(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(req.labels))
+    try:
+        text = json.dumps(req.labels, allow_nan=False)
+    except ValueError as exc:  # NaN or Infinity among the properties
+        raise Unprocessable("labels must not hold NaN or Infinity", field="labels") from exc
+    path.write_text(text)
     return path
 
 
