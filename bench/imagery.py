@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import mercantile
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.chips import chips_to_cog
@@ -141,12 +141,19 @@ def uvicorn(app: str, port: int, workers: int, factory: bool = False) -> list[st
     )
 
 
-def sample_diff(a: str, b: str) -> float:
-    """Mean absolute pixel difference between the two servers' answers for one tile."""
+def sample_diff(a: str, b: str) -> float | str:
+    """Mean absolute pixel difference between the two servers' answers for one tile, or
+    what came back instead of an image (a 404 outside the data, a JSON error): the
+    comparison is reported, never raised, so the throughput figures still print."""
     arrays = []
     for url in (a, b):
-        with Image.open(io.BytesIO(httpx.get(url, timeout=30).content)) as image:
-            arrays.append(np.asarray(image.convert("RGBA")).astype(int))
+        response = httpx.get(url, timeout=30)
+        try:
+            with Image.open(io.BytesIO(response.content)) as image:
+                arrays.append(np.asarray(image.convert("RGBA")).astype(int))
+        except UnidentifiedImageError:
+            kind = response.headers.get("content-type", "?")
+            return f"{url}: HTTP {response.status_code} {kind}, not an image: {response.text[:120]}"
     return float(np.abs(arrays[0] - arrays[1]).mean())
 
 
@@ -216,9 +223,8 @@ def main() -> None:
         z, x, y = tiles[len(tiles) // 2]
         procs = [serve(c, e, p, home / f"{n}-check.log") for n, (c, e, p, _) in servers.items()]
         try:
-            results["pixel_mean_abs_diff"] = round(
-                sample_diff(servers["tilesight"][3](z, x, y), servers["titiler"][3](z, x, y)), 3
-            )
+            diff = sample_diff(servers["tilesight"][3](z, x, y), servers["titiler"][3](z, x, y))
+            results["pixel_mean_abs_diff"] = round(diff, 3) if isinstance(diff, float) else diff
         finally:
             for proc in procs:
                 stop(proc)

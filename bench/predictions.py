@@ -10,8 +10,13 @@ tiles/s and p50/p99 latency on loopback for
 - cold:     GET /predictions/... with the prediction cache off (API restarted with
             TILESIGHT_PREDICTION_CACHE=false): read + infer + crop + colour + PNG
 - warm:     the same with the cache on and every tile already cached
+- triton torch: the Triton column again for a twin model `<model>-torch` holding the
+            same versions without model.onnx, so the backend runs PyTorch eager: the
+            ONNX Runtime / PyTorch ratio of the served model, measured in the same run
 
-and prints the U-Net's FLOPs per tile (input tile_size + 2 * buffer square).
+and, before the stack is loaded, the model step in-process for PyTorch eager, ONNX Runtime
+fp32 and its fp16 / int8 variants (bench/onnx_variants.py). It prints the U-Net's FLOPs
+per tile (input tile_size + 2 * buffer square).
 
     .venv/bin/python bench/predictions.py                      # tanzania z19, 48 requests
     .venv/bin/python bench/predictions.py --requests 96 --json out.json
@@ -34,6 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from onnx_variants import compare_runtimes  # bench/, the script's own folder
 from torch.utils.flop_counter import FlopCounterMode
 
 from tilesight.db import make_engine, make_sessionmaker
@@ -41,10 +47,11 @@ from tilesight.imagery.reader import read_tile
 from tilesight.imagery.sources import get_source
 from tilesight.model.export import load_model
 from tilesight.predict import context_px
-from tilesight.registry import model_metadata, resolve_version
+from tilesight.registry import ensure_served, model_metadata, resolve_version
 from tilesight.settings import PROJECT_ROOT, Settings
 from tilesight.stack import Stack, bring_up, isolated_settings
 from tilesight.triton import TritonClient
+from tilesight.tritonserver import instance_plan
 
 UNLIMITED = [1e9, 1e9]
 FAILURES: list[int] = []
@@ -135,6 +142,10 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
         await triton.infer(args.model, windows[i % len(windows)], str(version))
         return True
 
+    async def direct_torch(i: int) -> bool:
+        await triton.infer(torch_twin(args.model), windows[i % len(windows)], str(version))
+        return True
+
     size = 256 + 2 * buffer
     flops = flops_per_tile(settings.model_repo / args.model / str(version), size)
     results: dict[str, Any] = {
@@ -148,6 +159,15 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
         "requests": args.requests,
         "rows": [],
     }
+    version_dir = settings.model_repo / args.model / str(version)
+    _, threads = instance_plan()
+    results["threads"] = threads
+    results["runtimes"] = compare_runtimes(version_dir, np.concatenate(windows), threads)
+    served = [await triton.infer(args.model, w, str(version)) for w in windows]
+    eager = [await triton.infer(torch_twin(args.model), w, str(version)) for w in windows]
+    results["served_max_abs_diff"] = round(
+        max(float(np.abs(a - b).max()) for a, b in zip(served, eager, strict=True)), 6
+    )
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         await direct(0)  # warm up Triton and the API
@@ -156,6 +176,10 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
             row = {"concurrency": c}
             row["imagery"] = await measure(http_call(client, imagery), args.requests, c)
             row["triton"] = await measure(direct, args.requests, c)
+            row["triton_torch"] = await measure(direct_torch, args.requests, c)
+            row["onnx_vs_torch"] = round(
+                row["triton"]["tiles_per_s"] / row["triton_torch"]["tiles_per_s"], 2
+            )
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
     # cold: the API again with the cache off, so every request runs the model
@@ -188,20 +212,56 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
     return results
 
 
+def torch_twin(model: str) -> str:
+    return f"{model}-torch"
+
+
+def add_torch_twin(settings: Settings, model: str) -> None:
+    """A second Triton model with the same versions minus model.onnx: its backend serves
+    them with PyTorch eager, so both runtimes are measured by one server in one run."""
+    twin = torch_twin(model)
+    ensure_served(settings, twin)
+    for version in (settings.model_repo / model).iterdir():
+        if version.name.isdigit():
+            target = settings.model_repo / twin / version.name
+            shutil.copytree(version, target, ignore=shutil.ignore_patterns("model.onnx"))
+
+
+def runtime_table(results: dict[str, Any]) -> str:
+    lines = [
+        f"In-process model step, batch 4, {results['threads']} threads (the Triton "
+        "instance's share), against PyTorch eager fp32 on the same windows:",
+        "| runtime | tiles/s | vs torch | max abs diff | pixels flipped | object F1 vs torch "
+        "| holds accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["runtimes"]:
+        lines.append(
+            f"| {r['runtime']} | {r['tiles_per_s']} | {r['vs_torch']} | {r['max_abs_diff']} "
+            f"| {r['flipped_pixels']} | {r['object_f1_vs_torch']} | {r['holds_accuracy']} |"
+        )
+    lines.append(
+        f"Served: ONNX Runtime vs PyTorch backend, max abs diff {results['served_max_abs_diff']}"
+        " (fp16 outputs); tiles/s ratio per concurrency: "
+        + ", ".join(f"c{r['concurrency']} {r['onnx_vs_torch']}" for r in results["rows"])
+    )
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [
         f"{results['model']} input {results['input']}: {results['gflops_per_tile']} GFLOP/tile, "
         f"{results['tiles']} distinct tiles, {results['requests']} requests per cell, "
         f"{results['cpus']} CPUs",
-        "| concurrency | imagery tiles/s (p50/p99 ms) | Triton direct | API cold (no cache) "
-        "| API warm (cached) | cold / Triton |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| concurrency | imagery tiles/s (p50/p99 ms) | Triton direct | Triton, torch backend "
+        "| API cold (no cache) | API warm (cached) | cold / Triton |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
         cells = [
             f"{row[k]['tiles_per_s']} ({row[k]['p50_ms']}/{row[k]['p99_ms']})"
             + (f" {row[k]['errors']} failed" if row[k]["errors"] else "")
-            for k in ("imagery", "triton", "cold", "warm")
+            for k in ("imagery", "triton", "triton_torch", "cold", "warm")
         ]
         lines.append(
             f"| {row['concurrency']} | " + " | ".join(cells) + f" | {row['cold_vs_triton']} |"
@@ -222,6 +282,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="tilesight-bench-"))
     shutil.copytree(args.model_repo, home / "model_repo")
     settings = isolated_settings(**bench_settings(home, cache=True))
+    add_torch_twin(settings, args.model)
     stack = Stack(settings, components=["postgres", "redis", "triton", "api"])
     try:
         bring_up(stack, on_line=lambda line: print(line, flush=True))
@@ -230,6 +291,7 @@ def main() -> None:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
     print(table(results))
+    print(runtime_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
