@@ -7,6 +7,8 @@ idempotent for that reason. The visibility timeout is set above the longest task
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -15,7 +17,20 @@ from tilesight.settings import get_settings
 TASK_MODULES = ["worker.tasks"]
 
 
+def limit_threads(threads: int = 1) -> None:
+    """One compute thread per worker process for torch, OpenMP and BLAS: the model runs
+    in Triton, which is sized to the cores (tilesight.tritonserver.instance_plan), and a
+    worker's own pools (torch's default is one thread per core) only took CPU from it,
+    so area jobs got slower as workers were added (bench/README.md)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def create_celery() -> Celery:
+    limit_threads()
     settings = get_settings()
     app = Celery("tilesight", broker=settings.celery_broker_url, backend=settings.redis_url)
     app.conf.update(

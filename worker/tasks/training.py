@@ -13,7 +13,23 @@ from tilesight.training_runs import execute_run
 
 @shared_task(name="tilesight.training.run", acks_late=True, reject_on_worker_lost=True)
 def run(run_id: str) -> int | None:
-    """Re-delivery after a crash resumes from the run's last checkpoint (see execute_run)."""
+    """Re-delivery after a crash resumes from the run's last checkpoint (see execute_run).
+
+    Training computes in this process, so it takes every core back from the one thread
+    a worker keeps for area jobs (worker.app.limit_threads), and gives it back after."""
+    import torch
+
+    from tilesight.tritonserver import cpu_cores
+
+    kept = torch.get_num_threads()
+    torch.set_num_threads(cpu_cores())
+    try:
+        return _run(run_id)
+    finally:
+        torch.set_num_threads(kept)
+
+
+def _run(run_id: str) -> int | None:
     settings = get_settings()
     engine = make_engine(settings)
     try:
