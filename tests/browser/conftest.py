@@ -74,8 +74,14 @@ def page_log() -> PageLog:
 
 @pytest.fixture
 def page(browser, page_log: PageLog, api_url: str) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    # bypass_csp: Playwright's wait_for_function evaluates its predicate with eval(),
+    # which the viewer's CSP (script-src 'self', rightly no 'unsafe-eval') refuses; the
+    # policy itself is asserted in tests/integration/test_access.py
     context = browser.new_context(
-        base_url=api_url, viewport={"width": 1280, "height": 800}, accept_downloads=True
+        base_url=api_url,
+        viewport={"width": 1280, "height": 800},
+        accept_downloads=True,
+        bypass_csp=True,
     )
     page = context.new_page()
     page.set_default_timeout(20_000)
