@@ -128,6 +128,7 @@ def main() -> None:
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+    print_scaling(results)
     if args.json:
         meta = {"machine": platform.node(), "cpus": os.cpu_count(), "source": args.source}
         args.json.write_text(json.dumps({"meta": meta, "runs": results}, indent=2))
@@ -167,6 +168,19 @@ def summarise(workers: int, job: dict[str, Any]) -> dict[str, Any]:
         "precision": job["evaluation"].get("precision"),
         "recall": job["evaluation"].get("recall"),
     }
+
+
+def print_scaling(results: list[dict[str, Any]]) -> None:
+    """The scaling curve: tiles/s per worker count as a ratio to the fewest workers of
+    this run (the reference measured beside it, not a figure from another day)."""
+    if not results:
+        return
+    base = results[0]["tiles_per_s"] or 1.0
+    curve = ", ".join(
+        f"{r['workers']} -> {r['tiles_per_s']:.2f} ({r['tiles_per_s'] / base:.2f}x)"
+        for r in results
+    )
+    print(f"scaling (tiles/s, vs {results[0]['workers']} worker(s)): {curve}", flush=True)
 
 
 def print_row(r: dict[str, Any]) -> None:
