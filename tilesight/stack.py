@@ -420,7 +420,7 @@ class Stack:
         return next(c for c in self.components if c.name == name)
 
     def status(self) -> list[dict[str, object]]:
-        rows = []
+        rows: list[dict[str, object]] = []
         for c in self.components:
             pid = self.pid(c.name)
             alive = pid is not None and _pid_alive(pid)
@@ -473,7 +473,7 @@ def _run(cmd: list[str], run_as: str | None = None) -> None:
         raise StackError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def _identity(user: str | None) -> dict[str, object]:
+def _identity(user: str | None) -> dict[str, Any]:
     """Popen arguments to run as `user` with its own group (not root's, which would match
     the group of root-owned directories and lose the "other" permissions we rely on)."""
     if user is None:

@@ -111,7 +111,7 @@ def inspect(path: Path) -> RasterFacts:
             raise Unprocessable(f"{path.name} has no coordinate reference system")
         crs: CRS = dataset.crs
         bounds = transform_bounds(crs, "EPSG:4326", *dataset.bounds, densify_pts=21)
-        with Reader(None, dataset=dataset) as reader:
+        with Reader(None, dataset=dataset) as reader:  # type: ignore[arg-type]
             minzoom, native = reader.minzoom, reader.maxzoom
         resolution_m = _resolution_m(dataset)
         rescale = _default_rescale(dataset) if dataset.dtypes[0] != "uint8" else None

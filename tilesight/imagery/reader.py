@@ -109,7 +109,7 @@ def read_tile(
         _forget(source)
         raise Unavailable(f"the imagery of {source.id} cannot be read right now") from exc
     values = image.array.data
-    mask = ~np.ma.getmaskarray(image.array).all(axis=0)
+    mask = np.asarray(~np.ma.getmaskarray(image.array).all(axis=0))
     data = _to_uint8(values, source, rescale)
     if data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import shapely
@@ -33,8 +34,8 @@ BBOX_FILTER = "AND b.geom && ST_MakeEnvelope(:west, :south, :east, :north, 4326)
 BATCH = 1000
 
 
-def feature_json(row: object, job_id: uuid.UUID) -> str:
-    rid, geometry, area, confidence, model, version = row  # type: ignore[misc]
+def feature_json(row: Sequence[Any], job_id: uuid.UUID) -> str:
+    rid, geometry, area, confidence, model, version = row
     properties = {
         "id": rid,
         "area_m2": round(float(area), 2),
