@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.gzip import GZipResponder
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tilesight.settings import Settings
@@ -254,21 +254,28 @@ def _allow_on_405(scope: Scope, send: Send) -> Send:
 
 def allowed_methods(scope: Scope) -> list[str]:
     """Every method some route takes at this path (Starlette names only the first's)."""
-    app = scope.get("app")
     methods: set[str] = set()
-    for route in getattr(app, "routes", []):
-        route_methods = getattr(route, "methods", None)
-        if route_methods is None:
-            continue
-        match, _ = route.matches({**scope, "method": next(iter(route_methods))})
-        if match == Match.FULL:
-            methods |= set(route_methods)
+    for pattern, verbs in _route_table(scope.get("app")):
+        if pattern.match(scope["path"]):
+            methods |= verbs
     if not methods:
         methods = {"GET"}  # the viewer's static files
     if "GET" in methods:
         methods.add("HEAD")
     methods.add("OPTIONS")
     return sorted(methods)
+
+
+def _route_table(app: object) -> list[tuple[re.Pattern[str], set[str]]]:
+    """Path patterns and methods from the app's OpenAPI paths, built once per app."""
+    state = getattr(app, "state", None)
+    table = getattr(state, "allow_table", None)
+    if table is None:
+        paths = app.openapi()["paths"] if isinstance(app, FastAPI) else {}
+        table = [(compile_path(path)[0], {m.upper() for m in item}) for path, item in paths.items()]
+        if state is not None:
+            state.allow_table = table
+    return table
 
 
 class JsonGzip:

@@ -32,12 +32,12 @@ class TileJSON(BaseModel):
     minzoom: int
     maxzoom: int
     bounds: list[float] = Field(description="west, south, east, north in degrees")
-    center: list[float] = Field(description="longitude, latitude, zoom (an integer)")
+    center: list[float | int] = Field(description="longitude, latitude, zoom (an integer)")
     vector_layers: list[VectorLayer] = Field(
         default_factory=list, description="the layers of a vector tileset; empty for raster"
     )
 
 
-def center(lon: float, lat: float, zoom: int, minzoom: int, maxzoom: int) -> list[float]:
+def center(lon: float, lat: float, zoom: int, minzoom: int, maxzoom: int) -> list[float | int]:
     """[lon, lat, zoom] with the zoom an integer inside the tileset's zooms."""
     return [lon, lat, int(max(minzoom, min(zoom, maxzoom)))]

@@ -225,6 +225,8 @@ def tilejson(
     # the imagery's credit is on the imagery layer; the overlay credits its training data
     training = meta.get("training_data")
     credit = training.get("attribution", "") if isinstance(training, dict) else ""
+    if credit and credit in source.attribution:
+        credit = ""  # trained on this very imagery: its credit is on the map already
     document = TileJSON(
         name=f"{layer.model} v{layer.version} over {source.name}",
         description=f"{layer.model} predictions (native zoom {meta['zoom']})",

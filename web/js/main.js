@@ -110,6 +110,9 @@ class App {
       this.models.load(),
     ]);
     await this.redrawOverlay();
+    // the first view shows the overlay: zoom in to where predictions exist
+    const minzoom = this.overlayTilejson?.minzoom;
+    if (fit && minzoom !== undefined && this.map.getZoom() < minzoom) this.map.setZoom(minzoom);
     await this.jobs.load();
   }
 
@@ -127,8 +130,12 @@ class App {
     this.basemap = imageryLayer(this.tilejson, {
       onTileError: (err) => showError($("#source-error"), err),
     }).addTo(this.map);
+    // open on the TileJSON centre: a point on real pixels (chip mosaics have gaps at
+    // the middle of their bounds), at a zoom where the imagery is sharp
+    const c = this.tilejson.center;
     const b = this.tilejson.bounds;
-    if (fit && b) this.map.fitBounds([[b[1], b[0]], [b[3], b[2]]]);
+    if (fit && c) this.map.setView([c[1], c[0]], c[2]);
+    else if (fit && b) this.map.fitBounds([[b[1], b[0]], [b[3], b[2]]]);
     writeHash(Object.assign(this.state, this.view()));
     if (overlay) await this.redrawOverlay();
     this.refreshBuildings();
