@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := postgresql-15-postgis-3 redis-server chromium gdal-bin
 
-.PHONY: up test deps system python web lint format down status bench clean
+.PHONY: up test check deps system python web lint format down status bench clean
 
 up: deps
 	$(VENV)/bin/tilesight up
 
-test: deps
+# Lint, format and types first: a style or type error fails `make test` (and CI) at once.
+test: deps check
 	$(PY) -m pytest
 
 deps: system python web
@@ -32,9 +33,12 @@ web:
 	@if [ -f web/package.json ] && [ ! -f web/node_modules/.package-lock.json -o web/package-lock.json -nt web/node_modules/.package-lock.json ]; then \
 		cd web && npm ci --no-audit --no-fund; fi
 
-lint: python
+check: python
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+lint: check
 
 format: python
 	$(VENV)/bin/ruff format .

@@ -214,7 +214,7 @@ def _range_sender(send: Send, header: str) -> Send:
             chunks.clear()
             start = None
             return
-        if not message.get("more_body", False):
+        if not message.get("more_body", False) and match is not None:  # start implies match
             await _send_slice(send, start, b"".join(chunks), match)
             start = None
 

@@ -35,11 +35,11 @@ def real_batch(batch_size: int, cache: Path) -> dict[str, torch.Tensor]:
 def gpu_utilisation() -> str:
     try:
         return f"{torch.cuda.utilization()}%"
-    except Exception:  # noqa: BLE001 (pynvml absent: the figure is optional)
+    except Exception:
         return "n/a"
 
 
-def measure(device: str, bf16: bool, channels_last: bool, batch, args) -> tuple[float, str]:  # noqa: ANN001
+def measure(device: str, bf16: bool, channels_last: bool, batch, args) -> tuple[float, str]:
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = SegmentationModel(UNetConfig(width=args.width, depth=args.depth))

@@ -10,7 +10,7 @@ config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
 
 
-def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001
+def include_object(obj, name, type_, reflected, compare_to):
     # PostGIS ships its own tables (spatial_ref_sys, topology...); never diff them.
     return not (type_ == "table" and reflected and compare_to is None)
 

@@ -23,7 +23,7 @@ import socket
 from tilesight.settings import Settings
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - names of "every address", to recognise
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 class ExposureRefused(RuntimeError):
@@ -64,7 +64,7 @@ def allowed_hosts(settings: Settings) -> list[str]:
     hosts = list(LOOPBACK_NAMES)
     bound = settings.host.strip("[]").lower()
     if bound in WILDCARDS:
-        hosts += [bound or "0.0.0.0", socket.gethostname().lower()]  # noqa: S104
+        hosts += [bound or "0.0.0.0", socket.gethostname().lower()]
     elif bound not in hosts:
         hosts.append(bound)
     if settings.environment == "test":

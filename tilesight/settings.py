@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         """Where this machine reaches the API (loopback when it listens everywhere)."""
-        host = LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        host = LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.api_port}"
 
 

@@ -138,7 +138,7 @@ class TritonLayout:
             body = json.dumps({"parameters": {"config": config}}).encode() if config else b""
             request = urllib.request.Request(url, data=body, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=300):  # noqa: S310
+                with urllib.request.urlopen(request, timeout=300):
                     log.info("triton loaded %s", name)
             except OSError as exc:
                 log.warning("triton could not load %s: %s", name, exc)

@@ -21,7 +21,7 @@ from schemathesis.checks import (
 
 
 @pytest.fixture(scope="module")
-def api_schema(api_url: str):  # noqa: ANN201 - a schemathesis schema
+def api_schema(api_url: str):
     return schemathesis.from_uri(
         f"{api_url}/openapi.json", base_url=api_url, force_schema_version="30"
     ).exclude(path_regex=r".*/events$")

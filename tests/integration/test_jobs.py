@@ -223,7 +223,7 @@ RING = "[[39.24, -6.04], [39.25, -6.04], [39.25, -6.05], %s, [39.24, -6.04]]"
 def test_a_coordinate_that_is_no_number_is_a_422_naming_it(
     client: httpx.Client, source: str, position: str, field: str
 ) -> None:
-    ring = RING % position  # noqa: UP031 - JSON braces would need doubling in an f-string
+    ring = RING % position
     body = f'{{"source": "{source}", "aoi": {{"type": "Polygon", "coordinates": [{ring}]}}}}'
     response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text

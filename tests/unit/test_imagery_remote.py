@@ -49,7 +49,7 @@ def test_allowlist_names_a_host() -> None:
 class Handler(BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         type(self).hits += 1
         if self.path == "/to-private":
             self.send_response(302)

@@ -42,7 +42,7 @@ def test_feature_json_is_a_geojson_feature() -> None:
     }  # fmt: skip
 
 
-def test_job_labels_are_read_as_training_reads_them(tmp_path) -> None:  # noqa: ANN001
+def test_job_labels_are_read_as_training_reads_them(tmp_path) -> None:
     """Jobs are scored against the same footprints a model trains on: reprojected from
     the file's CRS to EPSG:4326, and `building=no` left out."""
     square = [[500000, 9330000], [500020, 9330000], [500020, 9330020], [500000, 9330020]]

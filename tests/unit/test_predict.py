@@ -34,7 +34,7 @@ def painted(x: int, y: int, z: int, tilesize: int, buffer: int) -> np.ndarray:
     return (np.mod(rows[:, None] * 3 + cols[None, :] * 7, 251) / 250.0).astype(np.float32)
 
 
-def fake_read_tile(source, x, y, z, *, tilesize=256, buffer=0, settings=None):  # noqa: ANN001, ANN202
+def fake_read_tile(source, x, y, z, *, tilesize=256, buffer=0, settings=None):
     if x < X0 or y < Y0:
         raise NotFound("outside")
     value = painted(x, y, z, tilesize, buffer)

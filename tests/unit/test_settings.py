@@ -47,7 +47,7 @@ def test_busy_port_gets_a_clear_message(tmp_path: Path) -> None:
 def test_an_open_api_beyond_loopback_refuses_to_start(tmp_path: Path) -> None:
     from tilesight.exposure import ExposureRefused, check_exposure
 
-    open_network = Settings(home=tmp_path, host="0.0.0.0")  # noqa: S104
+    open_network = Settings(home=tmp_path, host="0.0.0.0")
     with pytest.raises(ExposureRefused, match="TILESIGHT_AUTH_REQUIRED"):
         check_exposure(open_network)
     with pytest.raises(StackError, match="TILESIGHT_ALLOW_OPEN_ACCESS"):

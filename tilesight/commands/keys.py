@@ -14,7 +14,7 @@ app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys."
 console = Console()
 
 
-def _sessions():  # noqa: ANN202 - a sessionmaker
+def _sessions():
     return make_sessionmaker(make_engine(get_settings()))
 
 

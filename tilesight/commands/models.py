@@ -21,7 +21,7 @@ console = Console()
 METRICS = ("pixel_iou", "precision", "recall", "f1", "object_f1")
 
 
-def _sessions():  # noqa: ANN202 - a sessionmaker
+def _sessions():
     return make_sessionmaker(make_engine(get_settings()))
 
 

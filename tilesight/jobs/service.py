@@ -226,7 +226,7 @@ def stage_timings(session: Session, job_id: uuid.UUID) -> dict[str, float]:
     """Seconds per stage summed over the chunk rows (each chunk row holds its last attempt)."""
     sums = ", ".join(f"coalesce(sum((timings->>'{s}')::float), 0) AS {s}" for s in STAGES)
     row = session.execute(
-        text(f"SELECT {sums} FROM job_chunks WHERE job_id = :job"),  # noqa: S608 - fixed names
+        text(f"SELECT {sums} FROM job_chunks WHERE job_id = :job"),
         {"job": job_id},
     ).one()
     return {s: round(float(v), 3) for s, v in zip(STAGES, row, strict=True)}

@@ -218,7 +218,7 @@ def polygons_3857(path: str | Path) -> list[tuple[shapely.Polygon, dict[str, Any
     return out
 
 
-def tile_transform(tile: Tile, tile_size: int, context: int):  # noqa: ANN201 (Affine)
+def tile_transform(tile: Tile, tile_size: int, context: int):
     """Affine of the tile's pixel grid in EPSG:3857, grown by `context` pixels each side."""
     b = mercantile.xy_bounds(*tile)
     px = (b.right - b.left) / tile_size

@@ -454,7 +454,7 @@ def _stale(history: Sequence[dict], best_epoch: int, patience: int) -> bool:
     return bool(history) and history[-1]["epoch"] - best_epoch >= patience
 
 
-def _save(path: Path, model, optimiser, scheduler, epoch, history, best, best_epoch, config):  # noqa: ANN001, ANN202
+def _save(path: Path, model, optimiser, scheduler, epoch, history, best, best_epoch, config):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
