@@ -10,7 +10,6 @@ middleware (streamed responses stay streamed), installed once by `install`.
 
 from __future__ import annotations
 
-import json
 import re
 from urllib.parse import urlsplit
 
@@ -20,6 +19,7 @@ from starlette.middleware.gzip import GZipResponder
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.middleware import send_error
 from tilesight.settings import Settings
 
 # GET routes any origin may read: tiles, TileJSON, predictions, MVT, GeoJSON and other
@@ -111,24 +111,13 @@ def _same_origin(origin: str, host: str) -> bool:
 
 
 async def _refuse(send: Send, origin: str, method: str, path: str) -> None:
-    body = json.dumps(
-        {
-            "error": f"{method} {path} is not open to pages on {origin}; list the origin "
-            "in TILESIGHT_CORS_ORIGINS to allow it",
-            "detail": {"origin": origin, "method": method, "open_to_any_origin": "GET, HEAD"},
-        }
-    ).encode()
-    await _send_json(send, 403, body)
-
-
-async def _send_json(send: Send, status: int, body: bytes, extra: list | None = None) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *(extra or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(
+        send,
+        403,
+        f"{method} {path} is not open to pages on {origin}; list the origin "
+        "in TILESIGHT_CORS_ORIGINS to allow it",
+        {"origin": origin, "method": method, "open_to_any_origin": "GET, HEAD"},
+    )
 
 
 class HeadAndRanges:
@@ -230,11 +219,13 @@ async def _send_slice(send: Send, start: Message, data: bytes, match: re.Match[s
         lo, hi = max(total - int(last or 0), 0), total - 1
     headers = MutableHeaders(scope=start)
     if lo > hi or lo >= total:
-        body = json.dumps(
-            {"error": f"the range {first}-{last} is outside the {total} bytes of this resource"}
-        ).encode()
-        extra = [(b"content-range", f"bytes */{total}".encode())]
-        await _send_json(send, 416, body, extra)
+        await send_error(
+            send,
+            416,
+            f"the range {first}-{last} is outside the {total} bytes of this resource",
+            {"size": total},
+            [(b"content-range", f"bytes */{total}".encode())],
+        )
         return
     headers["Content-Range"] = f"bytes {lo}-{hi}/{total}"
     headers["Content-Length"] = str(hi - lo + 1)

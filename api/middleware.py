@@ -6,6 +6,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -107,17 +109,25 @@ class BodyTooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"error": f"request body too large: the limit is {limit} bytes", "detail": {"limit": limit}}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
+    await send_error(
+        send, 413, f"request body too large: the limit is {limit} bytes", {"limit": limit}
     )
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    error: str,
+    detail: dict[str, Any] | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """The API's JSON error body, sent straight from ASGI middleware: refusals made
+    before the app runs (body limits, Host, CORS, ranges) look like every other error."""
+    body = json.dumps({"error": error, "detail": detail or {}}).encode()
+    start = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})

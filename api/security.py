@@ -8,12 +8,11 @@ and from loading anything into it from outside this origin.
 
 from __future__ import annotations
 
-import json
-
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from api.middleware import send_error
 from tilesight.exposure import allowed_hosts, check_exposure, host_name
 from tilesight.settings import Settings
 
@@ -97,24 +96,13 @@ class HostCheck:
         if host_name(header) in self.allowed:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {
-                "error": "this server does not answer to that Host header; reach it by a "
-                "name it serves, or add the name to TILESIGHT_ALLOWED_HOSTS",
-                "detail": {"host": header[:200]},
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_error(
+            send,
+            400,
+            "this server does not answer to that Host header; reach it by a name it serves, "
+            "or add the name to TILESIGHT_ALLOWED_HOSTS",
+            {"host": header[:200]},
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI, settings: Settings) -> None:
