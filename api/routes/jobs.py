@@ -237,6 +237,11 @@ async def events(job_id: uuid.UUID, request: Request) -> StreamingResponse:
     )
 
 
+BboxQuery = Annotated[
+    str | None, Query(description="west,south,east,north in degrees: only these buildings")
+]
+
+
 @router.get(
     "/{job_id}/buildings.geojson",
     summary="The job's buildings as an RFC 7946 FeatureCollection, streamed",
@@ -247,9 +252,7 @@ def buildings_geojson(
     job_id: uuid.UUID,
     request: Request,
     session: SessionDep,
-    bbox: Annotated[
-        str | None, Query(description="west,south,east,north in degrees: only these buildings")
-    ] = None,
+    bbox: BboxQuery = None,
 ) -> Response:
     box = parse_bbox(bbox)
     job = service.get_job(session, job_id, principal_of(request))  # 404 before the stream
@@ -277,9 +280,7 @@ def buildings_file(
     extension: str,
     request: Request,
     session: SessionDep,
-    bbox: Annotated[
-        str | None, Query(description="west,south,east,north in degrees: only these buildings")
-    ] = None,
+    bbox: BboxQuery = None,
 ) -> Response:
     if extension not in export.FORMATS:
         raise NotFound(
