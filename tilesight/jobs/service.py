@@ -16,19 +16,19 @@ from typing import Any, Protocol
 
 from geoalchemy2.shape import from_shape, to_shape
 from kombu.exceptions import KombuError
-from shapely.geometry import MultiPolygon, box
+from shapely.geometry import box
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from tilesight import registry, tables
+from tilesight import registry, tables, tasks
 from tilesight.errors import Conflict, NotFound, Unavailable, Unprocessable
-from tilesight.jobs.plan import plan_job
+from tilesight.jobs.plan import Plan, plan_job
 from tilesight.jobs.vectorize import CleanParams
 from tilesight.keys import Principal, owner_filter
 from tilesight.settings import Settings
+from tilesight.states import ChunkState, JobState
 
-STATES = ("queued", "running", "merging", "done", "failed", "cancelled")
-TERMINAL = ("done", "failed", "cancelled")
+TERMINAL = JobState.terminal()  # api/routes/jobs.py reads it until it imports JobState
 STAGES = ("read", "infer", "vectorize", "write")
 
 
@@ -72,24 +72,14 @@ def create_job(
     owner_key_id: int | None = None,
 ) -> tables.Job:
     """Validate and plan an area job and add its rows to the session (not committed)."""
-    source = session.get(tables.Source, source_id)
-    if source is None:
-        known = session.scalars(select(tables.Source.id).order_by(tables.Source.id)).all()
-        raise NotFound(f"source {source_id!r} is not registered", known=list(known))
+    source = _source(session, source_id)
     resolved = registry.resolve_version(session, model, version)
     meta = registry.model_metadata(settings, model, resolved)
-    options = dict(options or {})
-    unknown = set(options) - set(CleanParams.__dataclass_fields__) - {"threshold"}
-    if unknown:
-        raise Unprocessable(
-            f"unknown options {sorted(unknown)}",
-            allowed=sorted(CleanParams.__dataclass_fields__),
-        )
+    options = _check_options(options)
     footprint = to_shape(source.footprint) if source.footprint is not None else box(*source.bounds)
-    zoom = int(meta.get("zoom", 19))
     plan = plan_job(
         aoi,
-        zoom=zoom,
+        zoom=int(meta.get("zoom", 19)),
         source_id=source_id,
         source_footprint=footprint,
         chunk_tiles=settings.job_chunk_tiles,
@@ -97,33 +87,15 @@ def create_job(
         max_tiles=settings.job_max_tiles,
         max_vertices=settings.job_max_vertices,
     )
-    active = session.scalar(
-        select(func.count()).where(
-            tables.Job.state.in_(("queued", "running", "merging")),
-            tables.Job.owner_key_id == owner_key_id,
-        )
-    )
-    if owner_key_id is not None and (active or 0) >= settings.max_active_jobs_per_key:
-        raise Conflict(
-            f"{active} jobs of this key are still running; wait for one to finish or cancel one",
-            limit=settings.max_active_jobs_per_key,
-        )
-    queued = session.scalar(select(func.count()).where(tables.JobChunk.state == "queued")) or 0
-    if queued + len(plan.chunks) > settings.max_queued_chunks:
-        raise Unavailable(
-            f"the job queue holds {queued} chunks; this job's {len(plan.chunks)} would pass "
-            f"the limit of {settings.max_queued_chunks}; retry later or submit a smaller area",
-            retry_after=30,
-            queued_chunks=queued,
-            limit=settings.max_queued_chunks,
-        )
+    _check_key_quota(session, settings, owner_key_id)
+    _check_queue_room(session, settings, len(plan.chunks))
     job = tables.Job(
         id=uuid.uuid4(),
         source_id=source_id,
         model_name=model,
         model_version=resolved,
         aoi=from_shape(plan.aoi, srid=4326),
-        state="queued",
+        state=JobState.QUEUED,
         zoom=plan.zoom,
         tiles_total=len(plan.tiles),
         chunks_total=len(plan.chunks),
@@ -131,13 +103,69 @@ def create_job(
         params={"side": plan.side, "options": options, "tilesize": meta.get("tile_size", 256)},
         owner_key_id=owner_key_id,
     )
+    _add_rows(session, job, plan)
+    return job
+
+
+def _source(session: Session, source_id: str) -> tables.Source:
+    source = session.get(tables.Source, source_id)
+    if source is None:
+        known = session.scalars(select(tables.Source.id).order_by(tables.Source.id)).all()
+        raise NotFound(f"source {source_id!r} is not registered", known=list(known))
+    return source
+
+
+def _check_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Vectorisation options are stored with the job, so a typo is refused, not ignored."""
+    options = dict(options or {})
+    unknown = set(options) - set(CleanParams.__dataclass_fields__) - {"threshold"}
+    if unknown:
+        raise Unprocessable(
+            f"unknown options {sorted(unknown)}",
+            allowed=sorted(CleanParams.__dataclass_fields__),
+        )
+    return options
+
+
+def _check_key_quota(session: Session, settings: Settings, owner_key_id: int | None) -> None:
+    """One key cannot hold every worker: its active jobs are capped (keyless use is not)."""
+    if owner_key_id is None:
+        return
+    active = session.scalar(
+        select(func.count()).where(
+            tables.Job.state.in_(JobState.active()),
+            tables.Job.owner_key_id == owner_key_id,
+        )
+    )
+    if (active or 0) >= settings.max_active_jobs_per_key:
+        raise Conflict(
+            f"{active} jobs of this key are still running; wait for one to finish or cancel one",
+            limit=settings.max_active_jobs_per_key,
+        )
+
+
+def _check_queue_room(session: Session, settings: Settings, chunks: int) -> None:
+    """A full queue refuses new work with a 503 and Retry-After instead of growing."""
+    queued = (
+        session.scalar(select(func.count()).where(tables.JobChunk.state == ChunkState.QUEUED)) or 0
+    )
+    if queued + chunks > settings.max_queued_chunks:
+        raise Unavailable(
+            f"the job queue holds {queued} chunks; this job's {chunks} would pass "
+            f"the limit of {settings.max_queued_chunks}; retry later or submit a smaller area",
+            retry_after=30,
+            queued_chunks=queued,
+            limit=settings.max_queued_chunks,
+        )
+
+
+def _add_rows(session: Session, job: tables.Job, plan: Plan) -> None:
     session.add(job)
     session.flush()
     session.add_all(
         tables.JobChunk(job_id=job.id, index=c.index, tiles=[list(t) for t in c.tiles])
         for c in plan.chunks
     )
-    return job
 
 
 def enqueue_job(session: Session, sender: TaskSender, job: tables.Job) -> None:
@@ -145,18 +173,22 @@ def enqueue_job(session: Session, sender: TaskSender, job: tables.Job) -> None:
     down the job is marked failed (nothing half-queued runs on) and the caller gets a 503."""
     try:
         for index in range(job.chunks_total):
-            sender.send_task("tilesight.jobs.run_chunk", args=[str(job.id), index], queue="gpu")
+            sender.send_task(tasks.RUN_CHUNK, args=[str(job.id), index], queue=tasks.Queue.GPU)
     except (OSError, KombuError) as exc:
         with session.begin():
             session.execute(
                 update(tables.Job)
                 .where(tables.Job.id == job.id)
-                .values(state="failed", error=f"could not queue: {exc}", finished_at=func.now())
+                .values(
+                    state=JobState.FAILED,
+                    error=f"could not queue: {exc}",
+                    finished_at=func.now(),
+                )
             )
             session.execute(
                 update(tables.JobChunk)
                 .where(tables.JobChunk.job_id == job.id)
-                .values(state="cancelled")
+                .values(state=ChunkState.CANCELLED)
             )
         raise Unavailable("the job queue is unreachable; try again shortly", retry_after=5) from exc
 
@@ -188,8 +220,8 @@ def list_jobs(
         query = query.where(tables.Job.owner_key_id == owner)
         count = count.where(tables.Job.owner_key_id == owner)
     if state is not None:
-        if state not in STATES:
-            raise Unprocessable(f"unknown state {state!r}", allowed=list(STATES))
+        if state not in set(JobState):
+            raise Unprocessable(f"unknown state {state!r}", allowed=[s.value for s in JobState])
         query = query.where(tables.Job.state == state)
         count = count.where(tables.Job.state == state)
     jobs = session.scalars(
@@ -201,25 +233,18 @@ def list_jobs(
 def cancel_job(session: Session, job_id: uuid.UUID, viewer: Principal | None = None) -> JobStatus:
     """Mark a job cancelled; its queued chunks see that and do nothing."""
     job = _visible(session.get(tables.Job, job_id, with_for_update=True), job_id, viewer)
-    if job.state in TERMINAL:
+    if job.state in JobState.terminal():
         raise Conflict(f"job {job_id} is already {job.state}", state=job.state)
-    job.state = "cancelled"
+    job.state = JobState.CANCELLED
     job.finished_at = func.now()
     session.execute(
         update(tables.JobChunk)
-        .where(tables.JobChunk.job_id == job_id, tables.JobChunk.state == "queued")
-        .values(state="cancelled")
+        .where(tables.JobChunk.job_id == job_id, tables.JobChunk.state == ChunkState.QUEUED)
+        .values(state=ChunkState.CANCELLED)
     )
     session.flush()
     session.refresh(job)
     return _status(session, job)
-
-
-def job_aoi(session: Session, job_id: uuid.UUID) -> MultiPolygon:
-    job = session.get(tables.Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
-    return to_shape(job.aoi)
 
 
 def stage_timings(session: Session, job_id: uuid.UUID) -> dict[str, float]:
@@ -236,12 +261,12 @@ def _status(session: Session, job: tables.Job, chunk_timings: bool = True) -> Jo
     timings = stage_timings(session, job.id) if chunk_timings else {}
     timings.update({k: float(v) for k, v in (job.timings or {}).items()})
     buildings = job.buildings_count
-    if job.state != "done":
+    if job.state != JobState.DONE:
         buildings = (
             session.scalar(select(func.count()).where(tables.Building.job_id == job.id)) or 0
         )
     progress = 100.0 * job.chunks_done / job.chunks_total if job.chunks_total else 0.0
-    if job.state == "done":
+    if job.state == JobState.DONE:
         progress = 100.0
     return JobStatus(
         id=job.id,
