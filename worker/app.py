@@ -12,6 +12,7 @@ import os
 from celery import Celery
 from kombu import Exchange, Queue
 
+from tilesight import tasks
 from tilesight.settings import get_settings
 
 TASK_MODULES = ["worker.tasks"]
@@ -40,12 +41,11 @@ def create_celery() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in ("gpu", "cpu")],
-        task_default_queue="cpu",
+        task_queues=[Queue(q.value, Exchange(q.value), routing_key=q.value) for q in tasks.Queue],
+        task_default_queue=tasks.Queue.CPU.value,
         task_routes={
-            "tilesight.jobs.run_chunk": {"queue": "gpu", "routing_key": "gpu"},
-            "tilesight.training.*": {"queue": "gpu", "routing_key": "gpu"},
-            "tilesight.*": {"queue": "cpu", "routing_key": "cpu"},
+            pattern: {"queue": q.value, "routing_key": q.value}
+            for pattern, q in tasks.ROUTES.items()
         },
         broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
         result_backend_transport_options={

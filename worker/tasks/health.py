@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from tilesight import tasks
 
-@shared_task(name="tilesight.ping")
+
+@shared_task(name=tasks.PING)
 def ping(payload: str) -> str:
     return f"pong:{payload}"

@@ -18,7 +18,7 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 from sqlalchemy.orm import Session, sessionmaker
 
-from tilesight import registry, tables
+from tilesight import registry, tables, tasks
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.sources import get_source
 from tilesight.jobs import chunk
@@ -105,7 +105,7 @@ def _retry(task: Task, exc: Exception, limit: int) -> Exception:
 
 
 @shared_task(
-    name="tilesight.jobs.run_chunk",
+    name=tasks.RUN_CHUNK,
     bind=True,
     acks_late=True,
     max_retries=MAX_RETRIES,
@@ -133,13 +133,13 @@ def run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
         chunk.fail_chunk(rt.factory, jid, index, f"{type(exc).__name__}: {exc}", attempts)
         raise
     if result.merge:
-        merge.apply_async(args=[job_id], queue="cpu", retry=True, retry_policy=PUBLISH_RETRY)
+        merge.apply_async(
+            args=[job_id], queue=tasks.Queue.CPU.value, retry=True, retry_policy=PUBLISH_RETRY
+        )
     return {"state": result.state, "buildings": result.buildings, "timings": result.timings}
 
 
-@shared_task(
-    name="tilesight.jobs.merge", bind=True, acks_late=True, max_retries=MAX_TRANSIENT_RETRIES
-)
+@shared_task(name=tasks.MERGE, bind=True, acks_late=True, max_retries=MAX_TRANSIENT_RETRIES)
 def merge(self: Task, job_id: str) -> str:
     try:
         return chunk.finish_job(runtime().factory, uuid.UUID(job_id))
