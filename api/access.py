@@ -29,7 +29,7 @@ class RateLimited(TilesightError):
     status_code = 429
 
     def __init__(self, message: str, retry_after: int, **detail: object) -> None:
-        super().__init__(message, **detail)
+        super().__init__(message, headers={"Retry-After": str(retry_after)}, **detail)
         self.retry_after = retry_after
 
 

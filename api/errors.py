@@ -47,10 +47,7 @@ def _body(message: str, **detail: object) -> dict[str, object]:
 
 async def tilesight_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TilesightError)
-    headers = {}
-    retry_after = getattr(exc, "retry_after", None)  # Unavailable, RateLimited
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
+    headers = exc.headers
     if exc.status_code >= 500 and exc.status_code not in (502, 503):
         log.error("unhandled library error", exc_info=exc)
     return JSONResponse(_body(exc.message, **exc.detail), exc.status_code, headers=headers)

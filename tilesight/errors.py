@@ -10,14 +10,18 @@ from typing import Any
 
 
 class TilesightError(Exception):
-    """Base class: `message` says what went wrong and, where possible, what to change."""
+    """Base class: `message` says what went wrong and, where possible, what to change;
+    `headers` go out with the HTTP response (a 404 can say where the data starts)."""
 
     status_code = 500
 
-    def __init__(self, message: str, **detail: Any) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, **detail: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.headers = dict(headers or {})
 
 
 class NotFound(TilesightError):
@@ -60,5 +64,5 @@ class Unavailable(TilesightError):
     status_code = 503
 
     def __init__(self, message: str, retry_after: int = 1, **detail: Any) -> None:
-        super().__init__(message, **detail)
+        super().__init__(message, headers={"Retry-After": str(retry_after)}, **detail)
         self.retry_after = retry_after
