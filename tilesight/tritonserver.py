@@ -63,6 +63,15 @@ def config_override(model_dir: Path, instances: int) -> str | None:
     return json_format.MessageToJson(config, preserving_proto_field_name=True)
 
 
+def load_config(model_dir: Path) -> str | None:
+    """The load-request config for a model of this machine's Triton: its config.pbtxt
+    with the CPU instance count of `instance_plan`. Every (re)load must carry it, or a
+    reload (a promoted version) falls back to the file's count."""
+    if not (Path(model_dir) / "config.pbtxt").is_file():
+        return None
+    return config_override(model_dir, instance_plan()[0])
+
+
 class TritonLayout:
     """Where the `tritonserver` binary from the nvidia-pytriton wheel lives, and how to run it.
 
@@ -131,10 +140,9 @@ class TritonLayout:
         """Ask Triton to load each model after start, not with --load-model: a model that
         fails to load must leave the server up (serving the others, answering 503 for it).
         Each load carries the instance count of `instance_plan`."""
-        instances, _ = instance_plan()
         for name in self.models():
             url = f"http://{self.settings.triton_http_url}/v2/repository/models/{name}/load"
-            config = config_override(self.settings.model_repo / name, instances)
+            config = load_config(self.settings.model_repo / name)
             body = json.dumps({"parameters": {"config": config}}).encode() if config else b""
             request = urllib.request.Request(url, data=body, method="POST")
             try:
