@@ -23,6 +23,7 @@ from tilesight.errors import NotFound
 from tilesight.settings import PROJECT_ROOT, Settings
 from tilesight.tables import Model, ModelVersion
 from tilesight.triton import TritonClient
+from tilesight.tritonserver import load_config
 
 METADATA = "metadata.json"
 BACKEND = "model.py"
@@ -182,7 +183,9 @@ async def ensure_loaded(triton: TritonClient, model: str, settings: Settings | N
 
     Triton keeps serving the versions it has while the new ones load, and in explicit
     model-control mode this is how a trained version goes live without a restart."""
+    config = None
     if settings is not None:
         for path in version_dirs(settings, model).values():
             link_backend(path)
-    await triton.load_model(model)
+        config = load_config(settings.model_repo / model)  # the instances `up` gave it
+    await triton.load_model(model, config=config)
