@@ -6,6 +6,9 @@ chunk wrote and counts progress from chunk rows. The job row is locked in that
 transaction, which serialises the "was this the last chunk?" decision: exactly one
 chunk moves the job to `merging`, and a re-delivered chunk that finds the job there
 asks for the (idempotent) merge again rather than assume it was queued.
+
+Every change of a job's state or progress is published (tilesight.jobs.events) after
+its transaction commits, so the events endpoint pushes it without polling.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tilesight import tables
 from tilesight.db import session_scope
 from tilesight.errors import NotFound
+from tilesight.jobs import events
 from tilesight.jobs.merge import merge_seams
 from tilesight.jobs.plan import Tile
 from tilesight.jobs.vectorize import (
@@ -34,9 +38,31 @@ from tilesight.jobs.vectorize import (
     stitch_classes,
     vectorize,
 )
+from tilesight.settings import get_settings
 
 # predicts one tile: [C, tilesize, tilesize] float32 probabilities; NotFound = no imagery
 TilePredictor = Callable[[Tile], Awaitable[np.ndarray]]
+
+
+def default_publisher() -> events.Publisher:
+    """The process's publisher, from its settings' Redis URL."""
+    return events.publisher(get_settings().redis_url)
+
+
+def _buildings(session: Session, job_id: uuid.UUID) -> int:
+    return session.scalar(select(func.count()).where(tables.Building.job_id == job_id)) or 0
+
+
+def _announce(publish: events.Publisher | None, job: tables.Job, buildings: int) -> None:
+    """Publish the job's counters as they stand (call once its transaction is committed)."""
+    (publish or default_publisher()).job_changed(
+        job.id,
+        state=job.state,
+        chunks_done=job.chunks_done,
+        chunks_total=job.chunks_total,
+        buildings=buildings,
+        error=job.error,
+    )
 
 
 @dataclass
@@ -74,6 +100,7 @@ def run_chunk(
     classes: list[dict[str, Any]] | None,
     threshold: float,
     tilesize: int = 256,
+    publish: events.Publisher | None = None,
 ) -> ChunkResult:
     """Infer, vectorise and write one chunk; a no-op when the job no longer wants it."""
     with session_scope(factory) as session:
@@ -85,6 +112,7 @@ def run_chunk(
             return ChunkResult("skipped")
         if chunk.state == "done":
             return ChunkResult("skipped", merge=job.state == "merging")
+        started = job.state == "queued"  # announced once committed (twice in a race: harmless)
         session.execute(
             update(tables.Job)
             .where(tables.Job.id == job_id, tables.Job.state == "queued")
@@ -97,6 +125,11 @@ def run_chunk(
             threshold=float((job.params or {}).get("options", {}).get("threshold", threshold)),
         )
         model, version = job.model_name, job.model_version
+        chunks_done, chunks_total = job.chunks_done, job.chunks_total
+    if started:
+        (publish or default_publisher()).job_changed(
+            job_id, state="running", chunks_done=chunks_done, chunks_total=chunks_total, buildings=0
+        )
 
     t0 = time.perf_counter()
     probs, stage_times = predict(tiles)
@@ -107,7 +140,10 @@ def run_chunk(
     t2 = time.perf_counter()
     # the predictor may split its time into read and infer; otherwise it all counts as infer
     timings = {"infer": round(t1 - t0, 4), **stage_times, "vectorize": round(t2 - t1, 4)}
-    return _write(factory, job_id, index, footprints, timings, model, version, t2)
+    result, job_now = _write(factory, job_id, index, footprints, timings, model, version, t2)
+    if job_now is not None:
+        _announce(publish, *job_now)
+    return result
 
 
 def _write(
@@ -119,11 +155,12 @@ def _write(
     model: str,
     version: int,
     started: float,
-) -> ChunkResult:
+) -> tuple[ChunkResult, tuple[tables.Job, int] | None]:
+    """The chunk's transaction; with the job and its building count to announce."""
     with session_scope(factory) as session:
         job = session.get(tables.Job, job_id, with_for_update=True)
         if job is None or job.state in ("cancelled", "failed", "done"):
-            return ChunkResult("stopped", timings=timings)
+            return ChunkResult("stopped", timings=timings), None
         session.execute(
             delete(tables.Building).where(
                 tables.Building.job_id == job_id, tables.Building.chunk_index == index
@@ -164,11 +201,18 @@ def _write(
         merge = job.chunks_done >= job.chunks_total
         if merge:
             job.state = "merging"
-        return ChunkResult("done", merge=merge, buildings=len(footprints), timings=timings)
+        session.flush()
+        result = ChunkResult("done", merge=merge, buildings=len(footprints), timings=timings)
+        return result, (job, _buildings(session, job_id))
 
 
 def fail_chunk(
-    factory: sessionmaker[Session], job_id: uuid.UUID, index: int, reason: str, attempts: int
+    factory: sessionmaker[Session],
+    job_id: uuid.UUID,
+    index: int,
+    reason: str,
+    attempts: int,
+    publish: events.Publisher | None = None,
 ) -> None:
     """A chunk that kept failing fails its job; chunks already written keep their rows."""
     with session_scope(factory) as session:
@@ -179,22 +223,24 @@ def fail_chunk(
         chunk.state = "failed"
         chunk.attempts = attempts
         chunk.error = reason
-        if job.state not in ("cancelled", "done", "failed"):
-            job.state = "failed"
-            job.error = f"chunk {index} failed after {attempts} attempts: {reason}"
-            job.finished_at = func.now()
-            job.buildings_count = (
-                session.scalar(select(func.count()).where(tables.Building.job_id == job_id)) or 0
-            )
-            # the chunks still queued will never run: stop counting them as queued work
-            session.execute(
-                update(tables.JobChunk)
-                .where(tables.JobChunk.job_id == job_id, tables.JobChunk.state == "queued")
-                .values(state="cancelled")
-            )
+        if job.state in ("cancelled", "done", "failed"):
+            return
+        job.state = "failed"
+        job.error = f"chunk {index} failed after {attempts} attempts: {reason}"
+        job.finished_at = func.now()
+        job.buildings_count = _buildings(session, job_id)
+        # the chunks still queued will never run: stop counting them as queued work
+        session.execute(
+            update(tables.JobChunk)
+            .where(tables.JobChunk.job_id == job_id, tables.JobChunk.state == "queued")
+            .values(state="cancelled")
+        )
+    _announce(publish, job, job.buildings_count)
 
 
-def finish_job(factory: sessionmaker[Session], job_id: uuid.UUID) -> str:
+def finish_job(
+    factory: sessionmaker[Session], job_id: uuid.UUID, publish: events.Publisher | None = None
+) -> str:
     """Merge seam-cut buildings and mark the job done, in one transaction."""
     with session_scope(factory) as session:
         job = session.get(tables.Job, job_id, with_for_update=True)
@@ -221,4 +267,5 @@ def finish_job(factory: sessionmaker[Session], job_id: uuid.UUID) -> str:
         job.timings = {**(job.timings or {}), "merge": round(time.perf_counter() - t0, 4)}
         job.state = "done"
         job.finished_at = func.now()
-        return "done"
+    _announce(publish, job, job.buildings_count)
+    return "done"
