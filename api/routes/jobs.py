@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -23,8 +23,9 @@ from starlette.background import BackgroundTask
 
 from api.access import principal_of
 from api.conditional import not_modified
-from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.deps import CeleryDep, RedisDep, SessionDep, SettingsDep
 from tilesight.errors import InvalidInput, NotFound
+from tilesight.jobs import events as job_events
 from tilesight.jobs import export, service
 from tilesight.jobs.evaluate import evaluate_job
 
@@ -188,9 +189,18 @@ def read_job(job_id: uuid.UUID, request: Request, session: SessionDep) -> JobPub
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job: its remaining chunks do nothing")
-def cancel(job_id: uuid.UUID, request: Request, session: SessionDep) -> JobPublic:
+def cancel(
+    job_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
     with session.begin():
         job = service.cancel_job(session, job_id, principal_of(request))
+    job_events.publisher(settings.redis_url).job_changed(
+        job.id,
+        state=job.state,
+        chunks_done=job.chunks_done,
+        chunks_total=job.chunks_total,
+        buildings=job.buildings,
+    )
     return _public(job)
 
 
@@ -199,36 +209,37 @@ def cancel(job_id: uuid.UUID, request: Request, session: SessionDep) -> JobPubli
     summary="Server-sent events with the job's progress until it ends",
     response_class=StreamingResponse,
 )
-async def events(job_id: uuid.UUID, request: Request) -> StreamingResponse:
+async def events(job_id: uuid.UUID, request: Request, redis: RedisDep) -> StreamingResponse:
+    """Pushed from Redis pub/sub (tilesight.jobs.events); the database is read at the
+    start, at the end, when the channel is silent for a while and while Redis is down."""
     factory = request.app.state.sessionmaker
     viewer = principal_of(request)
+    exclude = {"options", "links"}
 
-    def snapshot() -> JobPublic:
+    def snapshot() -> dict[str, Any]:
         with factory() as session:
-            return _public(service.get_job(session, job_id, viewer))
+            return _public(service.get_job(session, job_id, viewer)).model_dump(
+                mode="json", exclude=exclude
+            )
 
     first = await run_in_threadpool(snapshot)  # a 404 before the stream starts
 
+    async def read() -> dict[str, Any]:
+        return await run_in_threadpool(snapshot)
+
     async def stream() -> AsyncIterator[str]:
-        current: JobPublic | None = first
-        last = ""
-        idle = 0.0
-        while current is not None:
-            payload = current.model_dump_json(exclude={"options", "links"})
+        last, state, sent = "", first["state"], time.monotonic()
+        async for current in job_events.follow(redis, job_id, read):
+            payload, state = json.dumps(current), current["state"]
             if payload != last:
                 yield f"event: progress\ndata: {payload}\n\n"
-                last, idle = payload, 0.0
-            elif idle >= 15:
+                last, sent = payload, time.monotonic()
+            elif time.monotonic() - sent >= 15:
                 yield ": keep-alive\n\n"
-                idle = 0.0
-            if current.state in service.TERMINAL:
-                yield f"event: end\ndata: {json.dumps({'state': current.state})}\n\n"
-                return
+                sent = time.monotonic()
             if await request.is_disconnected():
                 return
-            await asyncio.sleep(0.5)
-            idle += 0.5
-            current = await run_in_threadpool(snapshot)
+        yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
 
     return StreamingResponse(
         stream(),
