@@ -251,6 +251,10 @@ async def events(job_id: uuid.UUID, request: Request, redis: RedisDep) -> Stream
 BboxQuery = Annotated[
     str | None, Query(description="west,south,east,north in degrees: only these buildings")
 ]
+ReviewedQuery = Annotated[
+    bool,
+    Query(description="as reviewed: edited outlines, added buildings in, wrong ones out"),
+]
 
 
 @router.get(
@@ -264,10 +268,11 @@ def buildings_geojson(
     request: Request,
     session: SessionDep,
     bbox: BboxQuery = None,
+    reviewed: ReviewedQuery = False,
 ) -> Response:
     box = parse_bbox(bbox)
     job = service.get_job(session, job_id, principal_of(request))  # 404 before the stream
-    headers = _download_headers(job, "geojson", bbox)
+    headers = _download_headers(job, "geojson", bbox, reviewed)
     if "ETag" in headers and not_modified(request, headers["ETag"]):
         return Response(status_code=304, headers=headers)
     factory = request.app.state.sessionmaker
@@ -275,14 +280,14 @@ def buildings_geojson(
     def stream() -> Iterator[bytes]:
         with factory() as own:
             assert isinstance(own, Session)
-            yield from export.geojson_chunks(own, job_id, box)
+            yield from export.geojson_chunks(own, job_id, box, reviewed)
 
     return StreamingResponse(stream(), media_type="application/geo+json", headers=headers)
 
 
 @router.get(
     "/{job_id}/buildings.{extension}",
-    summary="The job's buildings as FlatGeobuf (.fgb) or GeoParquet (.parquet)",
+    summary="The job's buildings as FlatGeobuf, GeoParquet, GeoPackage or OSM XML for JOSM",
     response_class=FileResponse,
     responses={200: {"content": {f.media_type: {} for f in export.FORMATS.values()}}},
 )
@@ -292,6 +297,7 @@ def buildings_file(
     request: Request,
     session: SessionDep,
     bbox: BboxQuery = None,
+    reviewed: ReviewedQuery = False,
 ) -> Response:
     if extension not in export.FORMATS:
         raise NotFound(
@@ -300,13 +306,13 @@ def buildings_file(
         )
     box = parse_bbox(bbox)
     job = service.get_job(session, job_id, principal_of(request))
-    headers = _download_headers(job, extension, bbox)
+    headers = _download_headers(job, extension, bbox, reviewed)
     if "ETag" in headers and not_modified(request, headers["ETag"]):
         return Response(status_code=304, headers=headers)
     folder = Path(tempfile.mkdtemp(prefix="tilesight-export-"))
     path = folder / f"buildings-{job_id}.{extension}"
     try:
-        fmt = export.write_buildings(session, job_id, extension, path, box)
+        fmt = export.write_buildings(session, job_id, extension, path, box, reviewed)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -318,13 +324,17 @@ def buildings_file(
     )
 
 
-def _download_headers(job: service.JobStatus, extension: str, bbox: str | None) -> dict[str, str]:
-    """A finished job's buildings never change, so they get an ETag and may be cached."""
+def _download_headers(
+    job: service.JobStatus, extension: str, bbox: str | None, reviewed: bool = False
+) -> dict[str, str]:
+    """A finished job's buildings never change, so they get an ETag and may be cached;
+    its reviewed buildings change with every review, so they are never cached."""
+    name = f"buildings-{job.id}{'-reviewed' if reviewed else ''}.{extension}"
     headers = {
-        "Content-Disposition": f'attachment; filename="buildings-{job.id}.{extension}"',
+        "Content-Disposition": f'attachment; filename="{name}"',
         "Cache-Control": "no-cache",
     }
-    if job.state in service.TERMINAL and job.finished_at is not None:
+    if job.state in service.TERMINAL and job.finished_at is not None and not reviewed:
         key = f"{job.id}|{job.finished_at.isoformat()}|{extension}|{bbox}"
         headers["ETag"] = '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
         headers["Cache-Control"] = "private, max-age=3600"
