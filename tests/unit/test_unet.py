@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tilesight.errors import InvalidInput
-from tilesight.model.export import REQUIRED_KEYS, export_model, load_model
-from tilesight.model.unet import SegmentationModel, UNet, UNetConfig
+from tilesight.model.export import ONNX, REQUIRED_KEYS, export_model, load_model, onnx_session
+from tilesight.model.unet import NETWORKS, ResUNet, SegmentationModel, UNet, UNetConfig
 
 
-@pytest.mark.parametrize(("width", "depth", "size"), [(4, 2, 64), (8, 4, 320), (4, 3, 96)])
-def test_unet_keeps_spatial_size(width: int, depth: int, size: int) -> None:
-    net = UNet(UNetConfig(width=width, depth=depth, classes=2)).eval()
+@pytest.mark.parametrize(
+    ("name", "width", "depth", "size"),
+    [("unet", 4, 2, 64), ("unet", 8, 4, 320), ("unet", 4, 3, 96), ("resunet", 8, 5, 320),
+     ("resunet", 8, 3, 72), ("resunet", 4, 6, 128)],
+)  # fmt: skip
+def test_networks_keep_spatial_size(name: str, width: int, depth: int, size: int) -> None:
+    config = UNetConfig(name=name, width=width, depth=depth, classes=2)
+    net = NETWORKS[name](config).eval()
     with torch.no_grad():
         out = net(torch.randn(2, 3, size, size))
     assert out.shape == (2, 2, size, size)
@@ -26,6 +32,59 @@ def test_config_rejects_bad_shapes() -> None:
         UNetConfig(depth=0)
     with pytest.raises(ValueError):
         UNetConfig(activation="relu")
+    with pytest.raises(ValueError, match="resunet"):
+        UNetConfig(name="segformer")
+
+
+def test_the_network_is_chosen_by_the_name_in_metadata() -> None:
+    """Versions exported before networks had names keep loading as the U-Net."""
+    old = UNetConfig.from_metadata({"architecture": {"width": 4, "depth": 2, "classes": 1}})
+    assert isinstance(SegmentationModel(old).net, UNet)
+    arch = UNetConfig(name="resunet", width=8, depth=5).architecture()
+    assert isinstance(
+        SegmentationModel(UNetConfig.from_metadata({"architecture": arch})).net, ResUNet
+    )
+
+
+def test_resunet_holds_more_parameters_for_about_the_unets_flops() -> None:
+    """The point of the residual network: capacity per FLOP (the served demo pair)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def size(config: UNetConfig) -> tuple[int, int]:
+        model = SegmentationModel(config).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, 320, 320, dtype=torch.uint8))
+        return sum(p.numel() for p in model.parameters()), counter.get_total_flops()
+
+    unet_params, unet_flops = size(UNetConfig(width=8, depth=4))
+    res_params, res_flops = size(UNetConfig(name="resunet", width=24, depth=5, classes=2))
+    assert res_params > 3 * unet_params
+    assert res_flops < 1.5 * unet_flops
+
+
+def test_resunet_exports_to_onnx_with_pytorch_answers(tmp_path: Path) -> None:
+    """The served path (ONNX Runtime in Triton) must answer as PyTorch does, at every
+    size the tiles come in: the decoder's resizes follow the input, not the traced size."""
+    torch.manual_seed(0)
+    model = SegmentationModel(UNetConfig(name="resunet", width=8, depth=5, classes=2))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    version = export_model(model, _metadata(), tmp_path)
+    assert (version / ONNX).is_file()
+    loaded, meta = load_model(version)
+    assert meta["architecture"]["name"] == "resunet"
+    session = onnx_session(version, threads=1)
+    rng = np.random.default_rng(1)
+    for shape in ((3, 3, 384, 384), (1, 3, 256, 256)):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        with torch.inference_mode():
+            expected = loaded(torch.from_numpy(image)).numpy()
+        (got,) = session.run(None, {"image": image})
+        assert got.shape == expected.shape == (shape[0], 2, *shape[2:])
+        assert np.abs(got - expected).max() <= 1e-4
 
 
 def test_wrapper_takes_uint8_and_returns_probabilities() -> None:
