@@ -22,12 +22,15 @@ from api.routes import (
     metrics,
     models,
     predictions,
+    reviews,
     sources,
     tiles,
     training,
 )
 from tilesight.db import make_engine, make_sessionmaker
+from tilesight.imagery.sources import SourceCache
 from tilesight.logs import configure_logging
+from tilesight.predict import PredictContext
 from tilesight.settings import Settings, get_settings
 from tilesight.triton import TritonClient
 
@@ -39,6 +42,7 @@ ROUTERS = [
     models.router,
     predictions.router,
     jobs.router,
+    reviews.router,
     buildings.router,
     training.router,
     keys.router,
@@ -83,6 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
         app.state.celery = Celery("tilesight", broker=settings.celery_broker_url)
+        app.state.source_cache = SourceCache()
+        app.state.predict_context = PredictContext(
+            settings, app.state.triton, app.state.redis if settings.prediction_cache else None
+        )
         try:
             yield
         finally:

@@ -39,6 +39,8 @@ MAX_ZOOM_OUT = 2
 #: zooms above native are cut from the native parent; beyond this a pixel is < 1 px
 MAX_ZOOM_IN = 8
 LOCK_TTL_MS = 15_000
+#: the response header that says from which zoom a model's prediction tiles exist
+MINZOOM_HEADER = "X-Predictions-Minzoom"
 
 
 @dataclass
@@ -64,13 +66,14 @@ class PredictContext:
 
 
 @dataclass(frozen=True, eq=False)
-class _Layer:
+class Layer:
     """One model version over one source: what every native tile of a request shares."""
 
     model: str
     version: int
     meta: dict[str, Any]
     source: SourceInfo
+    pinned: bool = False  # the caller named the version, so its tiles never change
 
     @property
     def zoom(self) -> int:
@@ -84,6 +87,18 @@ class _Layer:
 def min_zoom(metadata: dict[str, Any]) -> int:
     """The lowest zoom prediction tiles exist at (header X-Predictions-Minzoom, TileJSON)."""
     return max(0, int(metadata["zoom"]) - MAX_ZOOM_OUT)
+
+
+def check_zoom(model: str, metadata: dict[str, Any], z: int) -> None:
+    """NotFound, saying where to zoom in to, for a zoom below the model's reach."""
+    minzoom = min_zoom(metadata)
+    if z < minzoom:
+        raise NotFound(
+            f"predictions of {model} exist from zoom {minzoom}; zoom in",
+            headers={MINZOOM_HEADER: str(minzoom)},
+            minzoom=minzoom,
+            native_zoom=metadata["zoom"],
+        )
 
 
 def context_px(settings: Settings, metadata: dict[str, Any]) -> int:
@@ -116,18 +131,13 @@ async def predict_tile(
     NotFound when the tile has no imagery or lies more than MAX_ZOOM_OUT zooms below
     native; Unavailable (503) when Triton is down or the version is still loading."""
     meta = registry.model_metadata(ctx.settings, model, version)
-    layer = _Layer(model, version, meta, source)
+    layer = Layer(model, version, meta, source)
     native = layer.zoom
     if z == native:
         return await _native(ctx, layer, x, y)
     if z > native:
         return await _zoomed_in(ctx, layer, x, y, z - native)
-    if native - z > MAX_ZOOM_OUT:
-        raise NotFound(
-            f"predictions of {model} exist from zoom {min_zoom(meta)}; zoom in",
-            minzoom=min_zoom(meta),
-            native_zoom=native,
-        )
+    check_zoom(model, meta, z)
     return await _zoomed_out(ctx, layer, x, y, native - z)
 
 
@@ -141,7 +151,7 @@ async def predict_tile_2x(
     return _mosaic(parts, 2)
 
 
-async def _zoomed_in(ctx: PredictContext, layer: _Layer, x: int, y: int, levels: int) -> np.ndarray:
+async def _zoomed_in(ctx: PredictContext, layer: Layer, x: int, y: int, levels: int) -> np.ndarray:
     if levels > MAX_ZOOM_IN:
         raise NotFound(f"predictions of {layer.model} stop {MAX_ZOOM_IN} zooms above native")
     parent = await _native(ctx, layer, x >> levels, y >> levels)
@@ -153,9 +163,7 @@ async def _zoomed_in(ctx: PredictContext, layer: _Layer, x: int, y: int, levels:
     ].numpy()
 
 
-async def _zoomed_out(
-    ctx: PredictContext, layer: _Layer, x: int, y: int, levels: int
-) -> np.ndarray:
+async def _zoomed_out(ctx: PredictContext, layer: Layer, x: int, y: int, levels: int) -> np.ndarray:
     n = 2**levels
     parts = await _gather_children(lambda cx, cy: _native(ctx, layer, cx, cy), x, y, levels)
     mosaic = _mosaic(parts, n)
@@ -194,7 +202,7 @@ def _mosaic(parts: dict[tuple[int, int], np.ndarray | None], n: int) -> np.ndarr
     return mosaic
 
 
-async def _native(ctx: PredictContext, layer: _Layer, x: int, y: int) -> np.ndarray:
+async def _native(ctx: PredictContext, layer: Layer, x: int, y: int) -> np.ndarray:
     """One native-zoom tile: from the cache, from a flight already under way, or computed."""
     key = cache_key(layer.model, layer.version, layer.source, x, y, layer.zoom)
     key = f"{key}:c{context_px(ctx.settings, layer.meta)}"
@@ -211,7 +219,7 @@ async def _native(ctx: PredictContext, layer: _Layer, x: int, y: int) -> np.ndar
     return await asyncio.shield(flight)
 
 
-async def _compute_once(ctx: PredictContext, layer: _Layer, key: str, x: int, y: int) -> np.ndarray:
+async def _compute_once(ctx: PredictContext, layer: Layer, key: str, x: int, y: int) -> np.ndarray:
     """Compute unless another process holds the tile's lock; then wait for its result."""
     lock = f"{key}:lock"
     if ctx.redis is not None and not await _try_lock(ctx, lock):
@@ -233,7 +241,7 @@ async def _compute_once(ctx: PredictContext, layer: _Layer, key: str, x: int, y:
     return probs
 
 
-async def _infer(ctx: PredictContext, layer: _Layer, x: int, y: int) -> np.ndarray:
+async def _infer(ctx: PredictContext, layer: Layer, x: int, y: int) -> np.ndarray:
     model, version = layer.model, layer.version
     buffer = context_px(ctx.settings, layer.meta)
     tile = await asyncio.to_thread(
@@ -311,35 +319,3 @@ async def _unlock(ctx: PredictContext, lock: str) -> None:
         await ctx.redis.delete(lock)
     except RedisError as exc:
         log.warning("prediction lock release failed: %s", exc)
-
-
-def predict_tiles_sync(
-    settings: Settings,
-    model: str,
-    version: int,
-    source: SourceInfo,
-    tiles: list[tuple[int, int, int]],
-    concurrency: int = 8,
-) -> dict[tuple[int, int, int], np.ndarray]:
-    """For sync callers (CLI, scripts): tiles -> probabilities, tiles without imagery left out.
-
-    Makes its own clients and event loop, so it must not be called from a running loop."""
-
-    async def run() -> dict[tuple[int, int, int], np.ndarray]:
-        ctx = PredictContext.create(settings)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(tile: tuple[int, int, int]) -> np.ndarray | None:
-            async with gate:
-                try:
-                    return await predict_tile(ctx, model, version, source, *tile)
-                except NotFound:
-                    return None
-
-        try:
-            results = await asyncio.gather(*(one(t) for t in tiles))
-        finally:
-            await ctx.close()
-        return {t: r for t, r in zip(tiles, results, strict=True) if r is not None}
-
-    return asyncio.run(run())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from api.deps import RedisDep, TritonDep
+from api.deps import EngineDep, RedisDep, TritonDep
 
 router = APIRouter(tags=["health"])
 
@@ -28,9 +28,9 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-async def _check_postgres(request: Request) -> str:
+async def _check_postgres(engine: EngineDep) -> str:
     def ping() -> None:
-        with request.app.state.engine.connect() as conn:
+        with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     await asyncio.wait_for(asyncio.to_thread(ping), timeout=3)
@@ -54,9 +54,9 @@ async def _check_triton(triton: TritonDep) -> str:
     summary="PostgreSQL, Redis and Triton are reachable",
     responses={503: {"model": Readiness, "description": "a component is down (named)"}},
 )
-async def readyz(request: Request, redis: RedisDep, triton: TritonDep) -> JSONResponse:
+async def readyz(engine: EngineDep, redis: RedisDep, triton: TritonDep) -> JSONResponse:
     checks = {
-        "postgres": _check_postgres(request),
+        "postgres": _check_postgres(engine),
         "redis": _check_redis(redis),
         "triton": _check_triton(triton),
     }

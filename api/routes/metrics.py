@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import cast
 
-from fastapi import APIRouter, Request, Response
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from api.deps import RedisDep, SessionmakerDep
+from tilesight.states import JobState
 from tilesight.tables import Job
+from tilesight.tasks import Queue
 from tilesight.telemetry import JOBS, QUEUE_DEPTH
 
 router = APIRouter(tags=["operations"])
@@ -22,10 +29,10 @@ log = logging.getLogger(__name__)
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(redis: RedisDep, factory: SessionmakerDep) -> Response:
     # A scrape must answer while Redis or PostgreSQL is down (that is when it matters most),
     # so a failed gauge keeps its last value, and the failure is logged, not swallowed.
-    gauges = {"queue depth": _queue_depth(request), "jobs by state": _jobs_by_state(request)}
+    gauges = {"queue depth": _queue_depth(redis), "jobs by state": _jobs_by_state(factory)}
     results = await asyncio.gather(*gauges.values(), return_exceptions=True)
     for name, result in zip(gauges, results, strict=True):
         if isinstance(result, BaseException):
@@ -33,18 +40,18 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _queue_depth(request: Request) -> None:
-    redis = request.app.state.redis
-    for queue in ("gpu", "cpu"):
-        QUEUE_DEPTH.labels(queue).set(await redis.llen(queue))
+async def _queue_depth(redis: aioredis.Redis) -> None:
+    for queue in Queue:
+        depth = await cast(Awaitable[int], redis.llen(queue.value))  # redis-py types both
+        QUEUE_DEPTH.labels(queue.value).set(depth)
 
 
-async def _jobs_by_state(request: Request) -> None:
+async def _jobs_by_state(factory: sessionmaker[Session]) -> None:
     def count() -> dict[str, int]:
-        with request.app.state.sessionmaker() as session:
+        with factory() as session:
             rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
             return {state: n for state, n in rows}
 
     counts = await asyncio.to_thread(count)
-    for state in ("queued", "running", "merging", "done", "failed", "cancelled"):
-        JOBS.labels(state).set(counts.get(state, 0))
+    for state in JobState:
+        JOBS.labels(state.value).set(counts.get(state, 0))

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
-from api.conditional import json_with_etag, not_modified
-from api.deps import SessionDep
+from api.conditional import etag, json_with_etag, not_modified
+from api.deps import PredictContextDep, ScaleDep, SessionDep, SettingsDep, SourceCacheDep
 from api.tilejson import CACHE_CONTROL as TILEJSON_CACHE
 from api.tilejson import TileJSON, center
 from tilesight import overlay, predict, registry
 from tilesight.imagery.reader import check_tile
-from tilesight.imagery.sources import SourceCache, SourceInfo
 
 router = APIRouter(prefix="/predictions", tags=["predictions"])
 
-MINZOOM_HEADER = "X-Predictions-Minzoom"
 # a pinned version never changes; the promoted one can, so its tiles revalidate sooner
 CACHE_PINNED = "public, max-age=86400, immutable"
 CACHE_PROMOTED = "public, max-age=60"
@@ -59,108 +55,27 @@ class StyleParams:
         return {k: v for k, v in self.style().as_dict().items() if v != defaults[k]}
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One model version over one source, resolved once per request."""
-
-    model: str
-    version: int
-    pinned: bool  # the request named its version
-    metadata: dict[str, Any]
-    source: SourceInfo
-
-
 def resolve_layer(
-    request: Request,
     session: SessionDep,
+    settings: SettingsDep,
+    sources: SourceCacheDep,
     model: str,
     source: str,
     version: Annotated[
         int | None, Query(ge=1, description="model version; default: the promoted one")
     ] = None,
-) -> Layer:
-    state = request.app.state
-    if not hasattr(state, "source_cache"):
-        state.source_cache = SourceCache()
-    info = state.source_cache.get(session, source)
+) -> predict.Layer:
+    """One model version over one source, resolved once per request."""
+    info = sources.get(session, source)
     resolved = registry.resolve_version(session, model, version)
-    metadata = registry.model_metadata(state.settings, model, resolved)
-    return Layer(model, resolved, version is not None, metadata, info)
+    metadata = registry.model_metadata(settings, model, resolved)
+    return predict.Layer(model, resolved, metadata, info, pinned=version is not None)
 
 
-def predict_context(request: Request) -> predict.PredictContext:
-    """One context per app: its in-flight map is what makes single flight work."""
-    state = request.app.state
-    if not hasattr(state, "predict_context"):
-        redis = state.redis if state.settings.prediction_cache else None
-        state.predict_context = predict.PredictContext(state.settings, state.triton, redis)
-    return state.predict_context
-
-
-LayerDep = Annotated[Layer, Depends(resolve_layer)]
+LayerDep = Annotated[predict.Layer, Depends(resolve_layer)]
 StyleDep = Annotated[StyleParams, Depends()]
-ContextDep = Annotated[predict.PredictContext, Depends(predict_context)]
 Z = Annotated[int, Path(ge=0, le=30)]
 XY = Annotated[int, Path(ge=0)]
-
-
-def _etag(layer: Layer, z: int, x: int, y: int, scale: int, style: overlay.Style) -> str:
-    key = (
-        f"{layer.model}|v{layer.version}|{layer.source.id}|{layer.source.version}|"
-        f"{z}/{x}/{y}@{scale}|{sorted(style.as_dict().items())}"
-    )
-    return (
-        '"v'
-        + str(layer.version)
-        + "-"
-        + hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
-        + '"'
-    )
-
-
-async def _tile(
-    request: Request,
-    ctx: predict.PredictContext,
-    layer: Layer,
-    style_params: StyleParams,
-    z: int,
-    x: int,
-    y: int,
-    scale: int,
-) -> Response:
-    style = style_params.style()
-    minzoom = predict.min_zoom(layer.metadata)
-    if z < minzoom:
-        return JSONResponse(
-            {
-                "error": f"predictions of {layer.model} exist from zoom {minzoom}; zoom in",
-                "detail": {"minzoom": minzoom, "native_zoom": layer.metadata["zoom"]},
-            },
-            status_code=404,
-            headers={MINZOOM_HEADER: str(minzoom)},
-        )
-    check_tile(layer.source, x, y, z)
-    etag = _etag(layer, z, x, y, scale, style)
-    headers = {
-        "ETag": etag,
-        "Cache-Control": CACHE_PINNED if layer.pinned else CACHE_PROMOTED,
-        "X-Model-Version": str(layer.version),
-        MINZOOM_HEADER: str(minzoom),
-    }
-    if not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-    run = predict.predict_tile_2x if scale == 2 else predict.predict_tile
-    probs = await run(ctx, layer.model, layer.version, layer.source, x, y, z)
-    threshold = (
-        style.threshold
-        if style.threshold is not None
-        else float(layer.metadata.get("threshold", 0.5))
-    )
-    classes = layer.metadata["classes"]
-    content = await run_in_threadpool(
-        lambda: overlay.to_png(overlay.render(probs, classes, style, threshold))
-    )
-    return Response(content, media_type="image/png", headers=headers)
 
 
 TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -174,28 +89,56 @@ TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get(
-    "/{model}/{source}/{z}/{x}/{y}@2x.png",
-    response_class=Response,
-    responses=TILE_RESPONSES,
-    summary="A 512 px prediction overlay tile (for high-DPI screens)",
-)
-async def tile_2x(
-    z: Z, x: XY, y: XY, request: Request, ctx: ContextDep, layer: LayerDep, style: StyleDep
-) -> Response:
-    return await _tile(request, ctx, layer, style, z, x, y, 2)
-
-
+# the decorator nearest the function registers first: @2x before the path it would match
 @router.get(
     "/{model}/{source}/{z}/{x}/{y}.png",
     response_class=Response,
     responses=TILE_RESPONSES,
     summary="A prediction overlay tile: the model's buildings over one imagery tile",
 )
+@router.get(
+    "/{model}/{source}/{z}/{x}/{y}@2x.png",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="A 512 px prediction overlay tile (for high-DPI screens)",
+)
 async def tile(
-    z: Z, x: XY, y: XY, request: Request, ctx: ContextDep, layer: LayerDep, style: StyleDep
+    z: Z,
+    x: XY,
+    y: XY,
+    request: Request,
+    ctx: PredictContextDep,
+    layer: LayerDep,
+    style_params: StyleDep,
+    scale: ScaleDep,
 ) -> Response:
-    return await _tile(request, ctx, layer, style, z, x, y, 1)
+    style = style_params.style()
+    minzoom = predict.min_zoom(layer.meta)
+    predict.check_zoom(layer.model, layer.meta, z)
+    check_tile(layer.source, x, y, z)
+    key = (
+        f"{layer.model}|v{layer.version}|{layer.source.id}|{layer.source.version}|"
+        f"{z}/{x}/{y}@{scale}|{sorted(style.as_dict().items())}"
+    )
+    tag = etag(key, prefix=f"v{layer.version}-")
+    headers = {
+        "ETag": tag,
+        "Cache-Control": CACHE_PINNED if layer.pinned else CACHE_PROMOTED,
+        "X-Model-Version": str(layer.version),
+        predict.MINZOOM_HEADER: str(minzoom),
+    }
+    if not_modified(request, tag):
+        return Response(status_code=304, headers=headers)
+    run = predict.predict_tile_2x if scale == 2 else predict.predict_tile
+    probs = await run(ctx, layer.model, layer.version, layer.source, x, y, z)
+    threshold = (
+        style.threshold if style.threshold is not None else float(layer.meta.get("threshold", 0.5))
+    )
+    classes = layer.meta["classes"]
+    content = await run_in_threadpool(
+        lambda: overlay.to_png(overlay.render(probs, classes, style, threshold))
+    )
+    return Response(content, media_type="image/png", headers=headers)
 
 
 @router.get(
@@ -210,7 +153,7 @@ def tilejson(
     style: StyleDep,
     tile_scale: Annotated[int, Query(ge=1, le=2)] = 1,
 ) -> Response:
-    source, meta = layer.source, layer.metadata
+    source, meta = layer.source, layer.meta
     query = style.query()
     if layer.pinned:
         query["version"] = layer.version

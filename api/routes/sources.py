@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, SourceCacheDep
 from tilesight.imagery.register import check_text, new_source_id, register_file, register_source
 from tilesight.imagery.sources import (
     SourceInfo,
@@ -81,12 +81,6 @@ def _public(source: SourceInfo, request: Request) -> SourcePublic:
     )
 
 
-def _forget(request: Request, source_id: str) -> None:
-    cache = getattr(request.app.state, "source_cache", None)
-    if cache is not None:
-        cache.forget(source_id)
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -94,7 +88,11 @@ def _forget(request: Request, source_id: str) -> None:
     summary="Register imagery from a path, an http(s) URL or an XYZ template",
 )
 def create_source(
-    body: SourceCreate, request: Request, session: SessionDep, settings: SettingsDep
+    body: SourceCreate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    sources: SourceCacheDep,
 ) -> SourcePublic:
     source = register_source(
         settings,
@@ -106,7 +104,7 @@ def create_source(
         minzoom=body.minzoom,
         maxzoom=body.maxzoom,
     )
-    _forget(request, source.id)
+    sources.forget(source.id)
     return _public(source, request)
 
 
@@ -117,7 +115,7 @@ def create_source(
     summary="Upload a GeoTIFF/COG or a zip of XYZ chips (multipart: file, name, attribution)",
 )
 async def upload_source(
-    request: Request, session: SessionDep, settings: SettingsDep
+    request: Request, session: SessionDep, settings: SettingsDep, sources: SourceCacheDep
 ) -> SourcePublic:
     tmp = settings.staging_dir / f"{uuid.uuid4().hex}.part"
     sink = UploadSink(
@@ -144,7 +142,7 @@ async def upload_source(
             tmp.unlink(missing_ok=True)
 
     source = await run_in_threadpool(register)
-    _forget(request, source.id)
+    sources.forget(source.id)
     return _public(source, request)
 
 
@@ -164,7 +162,7 @@ def get_one(source_id: str, request: Request, session: SessionDep) -> SourcePubl
     summary="Delete a source and the files Tilesight made for it",
 )
 def delete_one(
-    source_id: str, request: Request, session: SessionDep, settings: SettingsDep
+    source_id: str, session: SessionDep, settings: SettingsDep, sources: SourceCacheDep
 ) -> None:
     delete_source(settings, session, source_id)
-    _forget(request, source_id)
+    sources.forget(source_id)

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.conditional import json_with_etag, not_modified
-from api.deps import SessionDep
+from api.conditional import etag, json_with_etag, not_modified
+from api.deps import ScaleDep, SessionDep, SettingsDep, SourceCacheDep
 from api.tilejson import CACHE_CONTROL as TILEJSON_CACHE
 from api.tilejson import TileJSON, center
 from tilesight.errors import InvalidInput
 from tilesight.imagery.reader import check_tile, read_tile, tile_problem
 from tilesight.imagery.render import MEDIA_TYPES, empty_tile, encode
-from tilesight.imagery.sources import SourceCache, SourceInfo
 
 router = APIRouter(prefix="/tiles", tags=["tiles"])
 
@@ -68,54 +66,6 @@ class TileParams:
 TileParamsDep = Annotated[TileParams, Depends()]
 
 
-def source_cache(request: Request) -> SourceCache:
-    """The per-process cache of sources, made on first use (tiles need no query each)."""
-    state = request.app.state
-    if not hasattr(state, "source_cache"):
-        state.source_cache = SourceCache()
-    return state.source_cache
-
-
-def _etag(source: SourceInfo, z: int, x: int, y: int, scale: int, fmt: str, q: str) -> str:
-    key = f"{source.id}|{source.version}|{z}/{x}/{y}@{scale}.{fmt}?{q}"
-    return '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
-
-
-async def _tile(
-    request: Request,
-    session: SessionDep,
-    source_id: str,
-    z: int,
-    x: int,
-    y: int,
-    fmt: str,
-    scale: int,
-    params: TileParams,
-) -> Response:
-    if fmt not in MEDIA_TYPES:
-        raise InvalidInput(f"unsupported tile format {fmt!r}", formats=sorted(MEDIA_TYPES))
-    cache = source_cache(request)
-    source = await run_in_threadpool(cache.get, session, source_id)
-    size = TILE_SIZE * scale
-    if params.empty == "transparent" and tile_problem(source, x, y, z) is not None:
-        content = empty_tile(fmt, size)
-        return Response(
-            content, media_type=MEDIA_TYPES[fmt], headers={"Cache-Control": CACHE_CONTROL}
-        )
-    check_tile(source, x, y, z)
-    etag = _etag(source, z, x, y, scale, fmt, params.query())
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-    if not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-
-    def work() -> bytes:
-        tile = read_tile(source, x, y, z, tilesize=size, **params.as_dict())
-        return encode(tile, fmt)
-
-    content = await run_in_threadpool(work)
-    return Response(content, media_type=MEDIA_TYPES[fmt], headers=headers)
-
-
 @router.get(
     "/{source_id}/tilejson.json",
     response_model=TileJSON,
@@ -126,13 +76,14 @@ async def tilejson(
     source_id: str,
     request: Request,
     session: SessionDep,
+    sources: SourceCacheDep,
     params: TileParamsDep,
     tile_format: Annotated[str, Query(description="png, jpg or webp")] = "png",
     tile_scale: Annotated[int, Query(ge=1, le=2, description="2 for 512 px tiles")] = 1,
 ) -> Response:
     if tile_format not in MEDIA_TYPES:
         raise InvalidInput(f"unsupported tile format {tile_format!r}", formats=sorted(MEDIA_TYPES))
-    source = await run_in_threadpool(source_cache(request).get, session, source_id)
+    source = await run_in_threadpool(sources.get, session, source_id)
     base = str(request.base_url).rstrip("/")
     suffix = "@2x" if tile_scale == 2 else ""
     query = params.query()
@@ -157,30 +108,18 @@ TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get(
-    "/{source_id}/{z}/{x}/{y}@2x.{fmt}",
-    response_class=Response,
-    responses=TILE_RESPONSES,
-    summary="A 512 px imagery tile (for high-DPI screens)",
-)
-async def tile_2x(
-    source_id: str,
-    z: int,
-    x: int,
-    y: int,
-    fmt: str,
-    request: Request,
-    session: SessionDep,
-    params: TileParamsDep,
-) -> Response:
-    return await _tile(request, session, source_id, z, x, y, fmt, 2, params)
-
-
+# the decorator nearest the function registers first: @2x before the path it would match
 @router.get(
     "/{source_id}/{z}/{x}/{y}.{fmt}",
     response_class=Response,
     responses=TILE_RESPONSES,
     summary="A 256 px imagery tile (XYZ, Web Mercator)",
+)
+@router.get(
+    "/{source_id}/{z}/{x}/{y}@2x.{fmt}",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="A 512 px imagery tile (for high-DPI screens)",
 )
 async def tile(
     source_id: str,
@@ -190,6 +129,29 @@ async def tile(
     fmt: str,
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
+    sources: SourceCacheDep,
+    scale: ScaleDep,
     params: TileParamsDep,
 ) -> Response:
-    return await _tile(request, session, source_id, z, x, y, fmt, 1, params)
+    if fmt not in MEDIA_TYPES:
+        raise InvalidInput(f"unsupported tile format {fmt!r}", formats=sorted(MEDIA_TYPES))
+    source = await run_in_threadpool(sources.get, session, source_id)
+    size = TILE_SIZE * scale
+    if params.empty == "transparent" and tile_problem(source, x, y, z) is not None:
+        content = empty_tile(fmt, size)
+        return Response(
+            content, media_type=MEDIA_TYPES[fmt], headers={"Cache-Control": CACHE_CONTROL}
+        )
+    check_tile(source, x, y, z)
+    tag = etag(f"{source.id}|{source.version}|{z}/{x}/{y}@{scale}.{fmt}?{params.query()}")
+    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
+    if not_modified(request, tag):
+        return Response(status_code=304, headers=headers)
+
+    def work() -> bytes:
+        tile = read_tile(source, x, y, z, settings=settings, tilesize=size, **params.as_dict())
+        return encode(tile, fmt)
+
+    content = await run_in_threadpool(work)
+    return Response(content, media_type=MEDIA_TYPES[fmt], headers=headers)

@@ -14,9 +14,11 @@ from tilesight.imagery.rasters import inspect
 from tilesight.imagery.reader import read_tile
 from tilesight.imagery.render import encode
 from tilesight.imagery.sources import SourceInfo
+from tilesight.settings import Settings
 
 ATLANTA = Path(__file__).resolve().parents[2] / "data" / "demo" / "atlanta-spacenet"
 TILE = (69556, 105035, 18)
+SETTINGS = Settings()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> SourceInfo:
 
 
 def test_tile_is_8bit_rgb_with_mask(source: SourceInfo) -> None:
-    tile = read_tile(source, *TILE)
+    tile = read_tile(source, *TILE, settings=SETTINGS)
     assert tile.data.shape == (3, 256, 256) and tile.data.dtype == np.uint8
     assert tile.mask.shape == (256, 256) and tile.mask.dtype == bool and tile.mask.any()
     assert (tile.data[0] == tile.data[2]).all()  # one band, grey
@@ -41,12 +43,12 @@ def test_tile_is_8bit_rgb_with_mask(source: SourceInfo) -> None:
 
 def test_buffer_is_context_that_neighbours_agree_on(source: SourceInfo) -> None:
     x, y, z = TILE
-    plain = read_tile(source, x, y, z)
-    padded = read_tile(source, x, y, z, buffer=32)
+    plain = read_tile(source, x, y, z, settings=SETTINGS)
+    padded = read_tile(source, x, y, z, buffer=32, settings=SETTINGS)
     assert padded.data.shape == (3, 320, 320)
     inner = padded.data[:, 32:-32, 32:-32]
     assert np.abs(inner.astype(int) - plain.data).mean() < 1.0
-    right = read_tile(source, x + 1, y, z)
+    right = read_tile(source, x + 1, y, z, settings=SETTINGS)
     valid = right.mask[:, :32]
     edge = np.abs(padded.data[0, 32:-32, -32:].astype(int) - right.data[0, :, :32])
     assert edge[valid].mean() < 1.0
@@ -54,23 +56,23 @@ def test_buffer_is_context_that_neighbours_agree_on(source: SourceInfo) -> None:
 
 def test_outside_raises_not_found_with_range(source: SourceInfo) -> None:
     with pytest.raises(NotFound) as info:
-        read_tile(source, 0, 0, 18)
+        read_tile(source, 0, 0, 18, settings=SETTINGS)
     assert info.value.detail["minzoom"] == source.minzoom
     assert info.value.detail["tiles"]["x"][0] <= TILE[0] <= info.value.detail["tiles"]["x"][1]
     with pytest.raises(NotFound, match="zoom range"):
-        read_tile(source, 0, 0, 2)
+        read_tile(source, 0, 0, 2, settings=SETTINGS)
 
 
 def test_bands_and_rescale(source: SourceInfo) -> None:
-    dark = read_tile(source, *TILE, rescale=(0, 60000))
-    bright = read_tile(source, *TILE, rescale=(0, 500))
+    dark = read_tile(source, *TILE, rescale=(0, 60000), settings=SETTINGS)
+    bright = read_tile(source, *TILE, rescale=(0, 500), settings=SETTINGS)
     assert dark.data[0][dark.mask].mean() < bright.data[0][bright.mask].mean()
     with pytest.raises(InvalidInput, match="bidx"):
-        read_tile(source, *TILE, bidx=[2])
+        read_tile(source, *TILE, bidx=[2], settings=SETTINGS)
 
 
 def test_encode_keeps_transparency(source: SourceInfo) -> None:
-    tile = read_tile(source, *TILE)
+    tile = read_tile(source, *TILE, settings=SETTINGS)
     tile.mask[:10] = False
     for fmt in ("png", "webp", "jpg"):
         assert len(encode(tile, fmt)) > 100

@@ -137,13 +137,3 @@ def test_version_not_served_asks_triton_to_load_it(ctx: predict.PredictContext) 
 
     asyncio.run(once())
     assert ctx.triton.fail is None  # type: ignore[attr-defined]  # load_model was called
-
-
-def test_sync_entry_point_for_workers(
-    ctx: predict.PredictContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(predict.PredictContext, "create", classmethod(lambda cls, s: ctx))
-    tiles = [(X0, Y0, NATIVE), (X0 + 1, Y0, NATIVE), (0, 0, NATIVE)]
-    out = predict.predict_tiles_sync(ctx.settings, "buildings", 1, SOURCE, tiles)
-    assert set(out) == set(tiles[:2])  # the tile without imagery is left out
-    assert np.abs(out[tiles[1]][0] - painted(X0 + 1, Y0, NATIVE, 256, 0)).max() < 2e-3

@@ -20,6 +20,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import mercantile
 import numpy as np
@@ -100,7 +101,12 @@ def top_zoom(tiles: list[tuple[int, int, int]], max_pixels: int, label: str) -> 
     xs, ys = [x for x, _ in top], [y for _, y in top]
     width, height = max(xs) - min(xs) + 1, max(ys) - min(ys) + 1
     pixels = width * height * CHIP_SIZE**2
-    detail = {"zoom": z, "chips": len(top), "extent_tiles": [width, height], "limit": max_pixels}
+    detail: dict[str, Any] = {
+        "zoom": z,
+        "chips": len(top),
+        "extent_tiles": [width, height],
+        "limit": max_pixels,
+    }
     if pixels > max_pixels:
         raise TooLarge(
             f"the chips of {label} span {width}x{height} tiles at zoom {z} ({pixels} pixels); "

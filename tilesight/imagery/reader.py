@@ -12,6 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import mercantile
 import numpy as np
@@ -22,7 +23,7 @@ from tilesight.errors import InvalidInput, NotFound, Unavailable
 from tilesight.imagery import xyz
 from tilesight.imagery.rasters import configure_gdal
 from tilesight.imagery.sources import SourceInfo
-from tilesight.settings import Settings, get_settings
+from tilesight.settings import Settings
 
 READERS_PER_THREAD = 32
 _local = threading.local()
@@ -55,7 +56,7 @@ def check_tile(source: SourceInfo, x: int, y: int, z: int) -> None:
     """NotFound, with the valid zoom range, bounds and tile range, for an unreadable tile."""
     problem = tile_problem(source, x, y, z)
     if problem is not None:
-        detail: dict[str, object] = {
+        detail: dict[str, Any] = {
             "minzoom": source.minzoom,
             "maxzoom": source.maxzoom,
             "bounds": list(source.bounds),
@@ -78,20 +79,21 @@ def read_tile(
     y: int,
     z: int,
     *,
+    settings: Settings,
     tilesize: int = 256,
     buffer: int = 0,
     bidx: Sequence[int] | None = None,
     rescale: tuple[float, float] | None = None,
-    settings: Settings | None = None,
 ) -> TileArray:
     """8-bit RGB of tile x/y/z with `buffer` context pixels each side, and its mask.
 
     `bidx` picks 1 or 3 bands (1-band imagery is shown as grey); `rescale` stretches
     non-8-bit values to 0-255 (default: the stretch measured at registration).
+    `settings` is required: an XYZ source is fetched under its allow-list and timeout,
+    which must be the app's own, not whatever the environment says.
     """
     check_tile(source, x, y, z)
     if source.kind == "xyz":
-        settings = settings or get_settings()
         fetcher = xyz.fetcher_for(tuple(settings.remote_allowlist), settings.request_timeout_s)
         data, mask = fetcher.read(
             source.uri, x, y, z, tilesize=tilesize, buffer=buffer, maxzoom=source.native_zoom
