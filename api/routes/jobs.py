@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -22,12 +21,13 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from api.access import principal_of
-from api.conditional import not_modified
-from api.deps import CeleryDep, RedisDep, SessionDep, SettingsDep
+from api.conditional import etag, not_modified
+from api.deps import CeleryDep, RedisDep, SessionDep, SessionmakerDep, SettingsDep
 from tilesight.errors import InvalidInput, NotFound
 from tilesight.jobs import events as job_events
 from tilesight.jobs import export, service
 from tilesight.jobs.evaluate import evaluate_job
+from tilesight.states import JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -209,10 +209,11 @@ def cancel(
     summary="Server-sent events with the job's progress until it ends",
     response_class=StreamingResponse,
 )
-async def events(job_id: uuid.UUID, request: Request, redis: RedisDep) -> StreamingResponse:
+async def events(
+    job_id: uuid.UUID, request: Request, redis: RedisDep, factory: SessionmakerDep
+) -> StreamingResponse:
     """Pushed from Redis pub/sub (tilesight.jobs.events); the database is read at the
     start, at the end, when the channel is silent for a while and while Redis is down."""
-    factory = request.app.state.sessionmaker
     viewer = principal_of(request)
     exclude = {"options", "links"}
 
@@ -267,6 +268,7 @@ def buildings_geojson(
     job_id: uuid.UUID,
     request: Request,
     session: SessionDep,
+    factory: SessionmakerDep,
     bbox: BboxQuery = None,
     reviewed: ReviewedQuery = False,
 ) -> Response:
@@ -275,7 +277,6 @@ def buildings_geojson(
     headers = _download_headers(job, "geojson", bbox, reviewed)
     if "ETag" in headers and not_modified(request, headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    factory = request.app.state.sessionmaker
 
     def stream() -> Iterator[bytes]:
         with factory() as own:
@@ -334,9 +335,9 @@ def _download_headers(
         "Content-Disposition": f'attachment; filename="{name}"',
         "Cache-Control": "no-cache",
     }
-    if job.state in service.TERMINAL and job.finished_at is not None and not reviewed:
+    if JobState(job.state).is_terminal and job.finished_at is not None and not reviewed:
         key = f"{job.id}|{job.finished_at.isoformat()}|{extension}|{bbox}"
-        headers["ETag"] = '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
+        headers["ETag"] = etag(key)
         headers["Cache-Control"] = "private, max-age=3600"
     return headers
 

@@ -28,7 +28,6 @@ from tilesight.keys import Principal, owner_filter
 from tilesight.settings import Settings
 from tilesight.states import ChunkState, JobState
 
-TERMINAL = JobState.terminal()  # api/routes/jobs.py reads it until it imports JobState
 STAGES = ("read", "infer", "vectorize", "write")
 
 
