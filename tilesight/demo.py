@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.demo import register_demo_sources
-from tilesight.registry import register_demo_models
+from tilesight.registry import sync_models
 from tilesight.settings import Settings
 
 
@@ -22,6 +22,8 @@ def load_demo(settings: Settings) -> Iterator[str]:
         with sessions() as session:  # each registration commits its own work
             for source_id in register_demo_sources(settings, session):
                 yield f"imagery source {source_id} registered"
-            yield from register_demo_models(settings, session)
+            changes = sync_models(settings, session)  # the shipped model_repo
+            session.commit()
+            yield from changes
     finally:
         engine.dispose()

@@ -12,6 +12,8 @@ import json
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -132,11 +134,53 @@ def sync_models(settings: Settings, session: Session) -> list[str]:
     return done
 
 
-def register_demo_models(settings: Settings, session: Session) -> list[str]:
-    """What `tilesight.demo.load_demo` calls: the shipped model_repo into the database."""
-    done = sync_models(settings, session)
-    session.commit()
-    return done
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    state: str  # available, or missing when its folder is gone
+    promoted: bool
+    created_at: datetime
+    meta: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.meta.get("metrics") or {})
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the API and the CLI list it: its versions and which one is promoted."""
+
+    name: str
+    description: str
+    promoted_version: int | None
+    versions: list[VersionInfo]
+
+
+def _info(session: Session, row: Model) -> ModelInfo:
+    query = select(ModelVersion).where(ModelVersion.model_name == row.name)
+    versions = [
+        VersionInfo(v.version, v.state, v.version == row.promoted_version, v.created_at, v.meta)
+        for v in session.scalars(query.order_by(ModelVersion.version))
+    ]
+    return ModelInfo(row.name, row.description, row.promoted_version, versions)
+
+
+def list_models(session: Session) -> list[ModelInfo]:
+    """Every registered model with its versions, by name."""
+    return [_info(session, row) for row in session.scalars(select(Model).order_by(Model.name))]
+
+
+def get_model(session: Session, name: str) -> ModelInfo:
+    """One model with its versions, or NotFound naming the registered ones."""
+    row = session.get(Model, name)
+    if row is None:
+        raise NotFound(f"no model named {name!r}", models=_names(session))
+    return _info(session, row)
+
+
+def _names(session: Session) -> list[str]:
+    return list(session.scalars(select(Model.name).order_by(Model.name)))
 
 
 def known_versions(session: Session, model: str) -> list[int]:
@@ -152,8 +196,7 @@ def resolve_version(session: Session, model: str, version: int | None) -> int:
     """The version to serve: the one asked for if it exists, else the promoted one."""
     row = session.get(Model, model)
     if row is None:
-        names = list(session.scalars(select(Model.name).order_by(Model.name)))
-        raise NotFound(f"no model named {model!r}", models=names)
+        raise NotFound(f"no model named {model!r}", models=_names(session))
     versions = known_versions(session, model)
     if version is None:
         if row.promoted_version is None or row.promoted_version not in versions:
@@ -174,7 +217,7 @@ def promote(session: Session, model: str, version: int) -> int:
     assert row is not None  # resolve_version raised otherwise
     previous = row.promoted_version
     row.promoted_version = version
-    session.commit()
+    session.flush()
     return previous if previous is not None else version
 
 

@@ -8,13 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, TritonDep
 from tilesight import registry
 from tilesight.errors import NotFound
-from tilesight.tables import Model, ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -47,51 +44,41 @@ class SyncResult(BaseModel):
     model: ModelPublic
 
 
-def _versions(session: Session, name: str) -> list[ModelVersion]:
-    query = select(ModelVersion).where(ModelVersion.model_name == name)
-    return list(session.scalars(query.order_by(ModelVersion.version)))
-
-
-def _public(session: Session, name: str) -> ModelPublic:
-    row = session.get(Model, name)
-    if row is None:
-        names = list(session.scalars(select(Model.name).order_by(Model.name)))
-        raise NotFound(f"no model named {name!r}", models=names)
+def _public(model: registry.ModelInfo) -> ModelPublic:
     return ModelPublic(
-        name=row.name,
-        description=row.description,
-        promoted_version=row.promoted_version,
+        name=model.name,
+        description=model.description,
+        promoted_version=model.promoted_version,
         versions=[
             VersionPublic(
                 version=v.version,
                 state=v.state,
-                promoted=v.version == row.promoted_version,
+                promoted=v.promoted,
                 created_at=v.created_at,
-                metrics=dict(v.meta.get("metrics") or {}),
+                metrics=v.metrics,
                 metadata=v.meta,
             )
-            for v in _versions(session, name)
+            for v in model.versions
         ],
     )
 
 
 @router.get("", summary="List models with their versions and the promoted one")
 def list_models(session: SessionDep) -> list[ModelSummary]:
-    rows = session.scalars(select(Model).order_by(Model.name))
     return [
         ModelSummary(
-            name=r.name,
-            description=r.description,
-            promoted_version=r.promoted_version,
-            versions=[v.version for v in _versions(session, r.name)],
+            name=m.name,
+            description=m.description,
+            promoted_version=m.promoted_version,
+            versions=[v.version for v in m.versions],
         )
-        for r in rows
+        for m in registry.list_models(session)
     ]
 
 
 @router.get("/{name}", summary="A model's versions with metadata and validation metrics")
 def get_model(name: str, session: SessionDep) -> ModelPublic:
-    return _public(session, name)
+    return _public(registry.get_model(session, name))
 
 
 @router.post(
@@ -100,7 +87,8 @@ def get_model(name: str, session: SessionDep) -> ModelPublic:
 )
 def promote(name: str, version: Annotated[int, Path(ge=1)], session: SessionDep) -> ModelPublic:
     registry.promote(session, name, version)
-    return _public(session, name)
+    session.commit()
+    return _public(registry.get_model(session, name))
 
 
 @router.post(
@@ -122,4 +110,5 @@ async def sync(
 
     changes = await run_in_threadpool(register)
     await registry.ensure_loaded(triton, name, settings)
-    return SyncResult(changes=changes, model=await run_in_threadpool(_public, session, name))
+    model = await run_in_threadpool(registry.get_model, session, name)
+    return SyncResult(changes=changes, model=_public(model))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.model.export import export_model, load_model, read_metadata
-from tilesight.registry import register_demo_models
+from tilesight.registry import sync_models
 from tilesight.settings import Settings
 from tilesight.stack import settings_env
 
@@ -75,8 +75,8 @@ def test_new_version_goes_live_and_promotion_switches_the_overlay(
     # registered the way a training run does it: into the database, Triton not asked;
     # the first tile of the new version asks Triton to load it and answers 503 meanwhile
     engine = make_engine(settings)
-    with make_sessionmaker(engine)() as session:
-        assert f"model {MODEL} version {new} registered" in register_demo_models(settings, session)
+    with make_sessionmaker(engine)() as session, session.begin():
+        assert f"model {MODEL} version {new} registered" in sync_models(settings, session)
     engine.dispose()
     statuses = []
     deadline = time.monotonic() + 120

@@ -8,12 +8,10 @@ import json
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
 
 from tilesight import registry
 from tilesight.db import make_engine, make_sessionmaker, session_scope
 from tilesight.settings import get_settings
-from tilesight.tables import Model, ModelVersion
 from tilesight.triton import TritonClient
 
 app = typer.Typer(no_args_is_help=True, help="List, promote and load model versions.")
@@ -30,22 +28,16 @@ def list_() -> None:
     """Every model version with its validation metrics; * marks the promoted one."""
     table = Table("model", "version", "zoom", *METRICS, "created")
     with session_scope(_sessions()) as session:
-        for model in session.scalars(select(Model).order_by(Model.name)):
-            rows = session.scalars(
-                select(ModelVersion)
-                .where(ModelVersion.model_name == model.name)
-                .order_by(ModelVersion.version)
+        models = registry.list_models(session)
+    for model in models:
+        for v in model.versions:
+            table.add_row(
+                model.name,
+                f"{v.version}{'*' if v.promoted else ''}",
+                str(v.meta.get("zoom", "")),
+                *(_fmt(v.metrics.get(m)) for m in METRICS),
+                f"{v.created_at:%Y-%m-%d %H:%M}",
             )
-            for v in rows:
-                metrics = v.meta.get("metrics") or {}
-                mark = "*" if v.version == model.promoted_version else ""
-                table.add_row(
-                    model.name,
-                    f"{v.version}{mark}",
-                    str(v.meta.get("zoom", "")),
-                    *(_fmt(metrics.get(m)) for m in METRICS),
-                    f"{v.created_at:%Y-%m-%d %H:%M}",
-                )
     console.print(table)
 
 
