@@ -165,4 +165,5 @@ def delete_one(
     source_id: str, session: SessionDep, settings: SettingsDep, sources: SourceCacheDep
 ) -> None:
     delete_source(settings, session, source_id)
+    session.commit()
     sources.forget(source_id)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tilesight.db import make_engine, make_sessionmaker
+from tilesight.db import make_engine, make_sessionmaker, session_scope
 from tilesight.errors import TilesightError
 from tilesight.imagery.register import register_source
 from tilesight.imagery.sources import SourceInfo, delete_source, list_sources
@@ -83,7 +83,7 @@ def remove(source_id: str = typer.Argument(..., help="the source's id")) -> None
     settings = get_settings()
     engine = make_engine(settings)
     try:
-        with make_sessionmaker(engine)() as session:
+        with session_scope(make_sessionmaker(engine)) as session:
             delete_source(settings, session, source_id)
     except TilesightError as exc:
         console.print(f"[red]✗[/] {exc.message}")

@@ -19,8 +19,6 @@ from tilesight.errors import NotFound
 from tilesight.settings import Settings
 from tilesight.tables import Source
 
-KINDS = ("cog", "chips", "xyz")
-
 
 @dataclass(frozen=True)
 class SourceInfo:
@@ -89,12 +87,13 @@ def list_sources(session: Session) -> list[Source]:
 
 
 def delete_source(settings: Settings, session: Session, source_id: str) -> None:
-    """Remove the row and the files Tilesight made for it (never a user's own file)."""
+    """Remove the row (flushed; the caller commits) and the files Tilesight made for it
+    (never a user's own file); the jobs over it go with it (ON DELETE CASCADE)."""
     row = session.get(Source, source_id)
     if row is None:
         raise NotFound(f"no imagery source {source_id!r}")
     session.delete(row)
-    session.commit()
+    session.flush()
     owned = settings.sources_dir / source_id
     if owned.is_dir():
         shutil.rmtree(owned, ignore_errors=True)
