@@ -9,33 +9,38 @@ it answers; `stop()` (Ctrl-C, `tilesight down`) ends them in reverse order.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import pwd
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tilesight.components import (
+    Component,
+    StackError,
+    identity,
+    settings_env,
+    stack_components,
+)
 from tilesight.exposure import ExposureRefused, check_exposure
 from tilesight.settings import LOOPBACK, PROJECT_ROOT, Settings
-from tilesight.tritonserver import TritonLayout
 
 log = logging.getLogger(__name__)
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-class StackError(RuntimeError):
-    """A component could not start; the message says what to do about it."""
+__all__ = [
+    "Component",
+    "Stack",
+    "StackError",
+    "bring_up",
+    "free_port",
+    "isolated_settings",
+    "port_in_use",
+    "settings_env",
+]
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -81,40 +86,6 @@ def bring_up(
             on_line(line)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as `TILESIGHT_*` variables, so every child sees the same configuration."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json").items():
-        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-        env[f"TILESIGHT_{name.upper()}"] = text
-    return env
-
-
-def _http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
-    except OSError:
-        return False
-
-
-@dataclass
-class Component:
-    """One child process of the stack."""
-
-    name: str
-    port: int
-    command: Callable[[], list[str]]
-    healthy: Callable[[], bool]
-    prepare: Callable[[], None] = lambda: None
-    after_start: Callable[[], None] = lambda: None
-    env: dict[str, str] = field(default_factory=dict)
-    run_as: str | None = None
-    start_timeout_s: float = 60.0
-    stop_signal: int = signal.SIGTERM
-    stop_timeout_s: float = 20.0
-
-
 class Stack:
     """Starts, watches and stops the local components for one `Settings`."""
 
@@ -122,208 +93,9 @@ class Stack:
         self.settings = settings
         self.run_dir = settings.run_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        all_components = self._components()
+        all_components = stack_components(settings, self._worker_name)
         wanted = components or [c.name for c in all_components]
         self.components = [c for c in all_components if c.name in wanted]
-
-    # -- component definitions -------------------------------------------------
-
-    def _components(self) -> list[Component]:
-        s = self.settings
-        base_env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
-        as_root = os.geteuid() == 0
-        pg_data = s.home / "postgres"
-        pg_socket = s.home / "run" / "pgsock"
-
-        def pg_prepare() -> None:
-            pg_socket.mkdir(parents=True, exist_ok=True)
-            if as_root:
-                _make_traversable(s.home)
-                uid = pwd.getpwnam("postgres").pw_uid
-                for p in (pg_socket, pg_data):
-                    p.mkdir(parents=True, exist_ok=True)
-                    os.chown(p, uid, -1)
-            if not (pg_data / "PG_VERSION").exists():
-                pg_data.mkdir(parents=True, exist_ok=True)
-                _run(
-                    [
-                        str(PG_BIN / "initdb"),
-                        "-D",
-                        str(pg_data),
-                        "-U",
-                        "tilesight",
-                        "--auth=trust",
-                        "-E",
-                        "UTF8",
-                        "--locale=C.UTF-8",
-                    ],
-                    run_as="postgres" if as_root else None,
-                )
-
-        def pg_after() -> None:
-            import psycopg
-
-            url = f"host={LOOPBACK} port={s.postgres_port} user=tilesight dbname=postgres"
-            with psycopg.connect(url, autocommit=True) as conn:
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = 'tilesight'"
-                ).fetchone()
-                if not exists:
-                    conn.execute("CREATE DATABASE tilesight")
-
-        def pg_healthy() -> bool:
-            result = subprocess.run(
-                [
-                    str(PG_BIN / "pg_isready"),
-                    "-h",
-                    LOOPBACK,
-                    "-p",
-                    str(s.postgres_port),
-                    "-U",
-                    "tilesight",
-                    "-d",
-                    "postgres",
-                    "-q",
-                ],
-                check=False,
-            )
-            return result.returncode == 0
-
-        redis_dir = s.home / "redis"
-
-        def redis_healthy() -> bool:
-            import redis
-
-            try:
-                return bool(redis.Redis.from_url(s.redis_url, socket_timeout=1).ping())
-            except redis.RedisError:
-                return False
-
-        triton = TritonLayout(s)
-
-        def worker_healthy() -> bool:
-            from celery import Celery
-
-            app = Celery(broker=s.celery_broker_url)
-            try:
-                replies = app.control.ping(timeout=1.0)
-            except Exception:
-                return False
-            finally:
-                app.close()
-            return any(name.startswith(f"{self._worker_name}@") for r in replies for name in r)
-
-        return [
-            Component(
-                "postgres",
-                s.postgres_port,
-                lambda: [
-                    str(PG_BIN / "postgres"),
-                    "-D",
-                    str(pg_data),
-                    "-p",
-                    str(s.postgres_port),
-                    "-k",
-                    str(pg_socket),
-                    "-c",
-                    f"listen_addresses={LOOPBACK}",  # trust auth: never beyond loopback
-                    "-c",
-                    "fsync=on",
-                    "-c",
-                    "max_connections=200",
-                ],
-                pg_healthy,
-                prepare=pg_prepare,
-                after_start=pg_after,
-                env=base_env,
-                run_as="postgres" if as_root else None,
-                stop_signal=signal.SIGINT,  # "fast" shutdown
-            ),
-            Component(
-                "redis",
-                s.redis_port,
-                lambda: [
-                    shutil.which("redis-server") or "redis-server",
-                    "--port",
-                    str(s.redis_port),
-                    "--bind",
-                    LOOPBACK,  # no password: never beyond loopback
-                    "--dir",
-                    str(redis_dir),
-                    "--appendonly",
-                    "yes",
-                    "--save",
-                    "",
-                    "--protected-mode",
-                    "yes",
-                ],
-                redis_healthy,
-                prepare=lambda: redis_dir.mkdir(parents=True, exist_ok=True),
-                env=base_env,
-            ),
-            Component(
-                "triton",
-                s.triton_grpc_port,
-                triton.command,
-                lambda: _http_ok(f"http://{s.triton_http_url}/v2/health/live"),
-                prepare=triton.prepare,
-                after_start=triton.load_models,
-                env={**base_env, **triton.env()},
-                start_timeout_s=120.0,
-                stop_timeout_s=10.0,
-            ),
-            Component(
-                "worker",
-                0,
-                lambda: [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.app",
-                    "worker",
-                    "-Q",
-                    "gpu,cpu",
-                    "-c",
-                    "1",
-                    "--prefetch-multiplier",
-                    "1",
-                    "-n",
-                    f"{self._worker_name}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-l",
-                    "INFO",
-                ],
-                worker_healthy,
-                env=base_env,
-                start_timeout_s=90.0,
-                stop_timeout_s=30.0,
-            ),
-            Component(
-                "api",
-                s.api_port,
-                lambda: [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "api.main:create_app",
-                    "--factory",
-                    "--host",
-                    s.host,
-                    "--port",
-                    str(s.api_port),
-                    "--timeout-graceful-shutdown",
-                    "10",
-                    "--no-access-log",
-                    "--no-server-header",
-                    # X-Forwarded-For is read by the app, from trusted_proxies only
-                    "--no-proxy-headers",
-                ],
-                lambda: _http_ok(f"{s.api_url}/healthz"),
-                env=base_env,
-            ),
-        ]
 
     @property
     def _worker_name(self) -> str:
@@ -373,7 +145,7 @@ class Stack:
             env=component.env or None,
             cwd=PROJECT_ROOT,
             start_new_session=True,
-            **_identity(component.run_as),
+            **identity(component.run_as),
         )
         log_file.close()
         self.processes[component.name] = proc
@@ -465,29 +237,6 @@ class Stack:
 
     def _pid_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
-
-
-def _run(cmd: list[str], run_as: str | None = None) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False, **_identity(run_as))
-    if result.returncode != 0:
-        raise StackError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
-
-
-def _identity(user: str | None) -> dict[str, Any]:
-    """Popen arguments to run as `user` with its own group (not root's, which would match
-    the group of root-owned directories and lose the "other" permissions we rely on)."""
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-
-
-def _make_traversable(path: Path) -> None:
-    """PostgreSQL runs as the `postgres` user, which must be able to reach its data dir."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001 and parent.owner() == pwd.getpwuid(os.geteuid()).pw_name:
-            parent.chmod(mode | 0o001)
 
 
 def _pid_alive(pid: int) -> bool:
