@@ -8,7 +8,6 @@ two instead of a hung request.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -22,13 +21,12 @@ T = TypeVar("T")
 
 
 class TritonClient:
-    """Async client for Triton's gRPC endpoint, with model metadata cached per version."""
+    """Async client for Triton's gRPC endpoint: inference, liveness, statistics, (re)loads."""
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self._client: grpcclient.InferenceServerClient | None = None
-        self._metadata: dict[tuple[str, str], tuple[float, dict]] = {}
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -57,27 +55,6 @@ class TritonClient:
             return bool(await asyncio.wait_for(self.client.is_server_live(), timeout=timeout_s))
         except (InferenceServerException, TimeoutError, OSError):
             return False
-
-    async def is_model_ready(self, model: str, version: str = "") -> bool:
-        try:
-            return bool(
-                await asyncio.wait_for(
-                    self.client.is_model_ready(model, version), timeout=self.timeout_s
-                )
-            )
-        except (InferenceServerException, TimeoutError, OSError):
-            return False
-
-    async def model_metadata(self, model: str, version: str = "", ttl_s: float = 30.0) -> dict:
-        key = (model, version)
-        cached = self._metadata.get(key)
-        if cached and time.monotonic() - cached[0] < ttl_s:
-            return cached[1]
-        meta = await self._ask(
-            self.client.get_model_metadata(model, version, as_json=True), model, version
-        )
-        self._metadata[key] = (time.monotonic(), meta)
-        return meta
 
     async def infer(
         self,
@@ -134,14 +111,6 @@ class TritonClient:
             )
         except InferenceServerException as exc:
             raise _translate(exc, model, "") from exc
-        self._metadata.clear()
-
-    async def unload_model(self, model: str) -> None:
-        try:
-            await self.client.unload_model(model, client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            raise _translate(exc, model, "") from exc
-        self._metadata.clear()
 
 
 def _translate(exc: InferenceServerException, model: str, version: str) -> Exception:
