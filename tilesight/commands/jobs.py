@@ -18,6 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from tilesight.settings import get_settings
+from tilesight.states import JobState
 
 app = typer.Typer(no_args_is_help=True, help="Area jobs: find every building in an area.")
 console = Console()
@@ -84,7 +85,7 @@ def _follow(client: httpx.Client, job_id: str) -> None:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("job", total=None, state="queued", buildings=0)
+        task = progress.add_task("job", total=None, state=JobState.QUEUED.value, buildings=0)
         while True:
             job = _check(client.get(f"/jobs/{job_id}"))
             progress.update(
@@ -94,11 +95,11 @@ def _follow(client: httpx.Client, job_id: str) -> None:
                 state=job["state"],
                 buildings=job["buildings"],
             )
-            if job["state"] in ("done", "failed", "cancelled"):
+            if JobState(job["state"]).is_terminal:
                 break
             time.sleep(1)
     _print_job(job)
-    if job["state"] != "done":
+    if job["state"] != JobState.DONE:
         raise typer.Exit(1)
 
 
