@@ -10,7 +10,7 @@ Run: .venv/bin/python bench/lopo.py [--epochs 25] [--width 8] [--places tanzania
      [--out bench/lopo.json]
 Prints one row per fold and the mean; --out keeps the table as JSON.
 
-Scoring is `tilesight evaluate`'s (model.job.evaluate_version): every tile of the place at
+Scoring is `tilesight evaluate`'s (training.scoring.score_version): every tile of the place at
 the model's zoom, objects split by `split_instances` and matched at IoU 0.5. An area job
 stitches chunks and vectorises polygons instead; the two count the same objects on whole
 tiles, but polygons are cleaned, so the job path can differ slightly.
@@ -31,11 +31,13 @@ import shapely.geometry
 import torch
 from PIL import Image
 
-from tilesight.model.augment import RECIPES
 from tilesight.model.data import ChipSpec, block_of
-from tilesight.model.job import TrainingRun, evaluate_version, run_training
 from tilesight.model.sources import Tile, load_footprints, open_imagery, prepare_tiles
-from tilesight.model.train import TrainConfig
+from tilesight.training.augment import RECIPES
+from tilesight.training.loop import TrainConfig
+from tilesight.training.pipeline import TrainingPlan, run_training
+from tilesight.training.scoring import score_version
+from tilesight.training.spec import TrainingSpec
 
 DATA = Path(os.environ.get("TILESIGHT_SHARED_DATA", Path(__file__).resolve().parents[2] /
             "shared" / "data")) / "buildings"  # fmt: skip
@@ -101,34 +103,22 @@ def finetune(out: str, version: Path, args: argparse.Namespace, work: Path) -> d
     tiles = prepare_tiles(reader, load_footprints(labels), 19)
     part, rest = thirds(tiles)
     folder, part_labels = finetune_area(out, part, work)
-    before = evaluate_version(version, imagery, labels, cache_dir=args.cache, only_tiles=rest)
-    run = TrainingRun(
-        sources=[(folder, part_labels)],
-        model_repo=work / f"repo-{out}",
-        chips=ChipSpec(zoom=19, buffer=32, jitter=32),
-        width=args.width,
-        depth=args.depth,
-        loop=TrainConfig(
-            epochs=args.ft_epochs,
-            batch_size=4,
-            lr=args.ft_lr,
-            seed=0,
-            warmup_steps=2,
-            freeze_encoder_epochs=args.ft_freeze,
-            run_dir=work / f"ft-{out}",
-            resume=False,
-            augmentation=args.augment,
-        ),  # fmt: skip
-        cache_dir=work / f"ft-chips-{out}",
-        val_fraction=0.25,
-        tune_fraction=0.0,
-        empty_ratio=1.0,
-        init_from=version,
-    )
+    before = score_version(version, imagery, labels, cache_dir=args.cache, only_tiles=rest)
+    spec = TrainingSpec(
+        architecture=args.architecture, border=args.border, width=args.width,
+        depth=args.depth, epochs=args.ft_epochs, lr=args.ft_lr,
+        freeze_encoder_epochs=args.ft_freeze, batch_size=4, empty_ratio=1.0,
+        augmentation=args.augment, val_fraction=0.25,
+    )  # fmt: skip
+    run = TrainingPlan.from_spec(
+        spec, sources=[(folder, part_labels)], model_repo=work / f"repo-{out}",
+        model_name="buildings", run_dir=work / f"ft-{out}", cache_dir=work / f"ft-chips-{out}",
+        init_from=version, resume=False,
+    )  # fmt: skip
     start = time.perf_counter()
     tuned, _ = run_training(run)
     seconds = time.perf_counter() - start
-    after = evaluate_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest)
+    after = score_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest)
     return {
         "ft_tiles": len(part),
         "ft_buildings": len(json.loads(part_labels.read_text())["features"]),
@@ -142,10 +132,11 @@ def finetune(out: str, version: Path, args: argparse.Namespace, work: Path) -> d
 
 
 def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path) -> dict:
-    run = TrainingRun(
+    run = TrainingPlan(
         sources=[PLACES[p] for p in train_on],
         model_repo=work / f"repo-{out}",
-        chips=ChipSpec(zoom=19, buffer=32, jitter=32),
+        chips=ChipSpec(zoom=19, buffer=32, jitter=32, border=args.border),
+        architecture=args.architecture,
         width=args.width,
         depth=args.depth,
         loop=TrainConfig(
@@ -167,7 +158,7 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
     version, meta = run_training(run)
     trained_s = time.perf_counter() - start
     imagery, labels = PLACES[out]
-    scored = evaluate_version(version, imagery, labels, cache_dir=args.cache)
+    scored = score_version(version, imagery, labels, cache_dir=args.cache)
     tuned = finetune(out, version, args, work) if args.finetune else {}
     return {
         **tuned,
@@ -185,14 +176,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--places", default=",".join(PLACES))
     parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--architecture", default="unet", help="a name in model.unet.NETWORKS")
+    parser.add_argument("--border", action="store_true", help="train a border class too")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--augment", default="basic", choices=RECIPES)
     parser.add_argument("--finetune", action="store_true", help="also fine-tune on a third")
-    parser.add_argument("--ft-epochs", type=int, default=10)
-    parser.add_argument("--ft-lr", type=float, default=5e-4)
-    parser.add_argument("--ft-freeze", type=int, default=3, help="epochs with a frozen encoder")
+    # fine-tune: None takes the spec's fine-tune default (tilesight.training.spec)
+    parser.add_argument("--ft-epochs", type=int)
+    parser.add_argument("--ft-lr", type=float)
+    parser.add_argument("--ft-freeze", type=int, help="epochs with a frozen encoder")
     parser.add_argument("--max-steps", type=int, help="cut epochs short (a smoke run)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(".tilesight/chips-lopo"))
@@ -208,7 +202,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     mean = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in SCORES}
     schedule = (
-        f"U-Net width {args.width} depth {args.depth}, z19 chips, {args.epochs} epochs max, "
+        f"{args.architecture} width {args.width} depth {args.depth}"
+        f"{', border class' if args.border else ''}, z19 chips, {args.epochs} epochs max, "
         f"batch 8, lr {args.lr}, augmentation {args.augment}, best epoch on a tune split "
         "of the training places"
     )
@@ -219,8 +214,9 @@ def main() -> None:
     print(f"| **mean** | {' | '.join(str(mean[k]) for k in SCORES)} | |")
     if args.finetune:
         schedule += (
-            f"; fine-tune: {args.ft_epochs} epochs, lr {args.ft_lr}, encoder frozen for "
-            f"{args.ft_freeze}, batch 4, on about a third of the place (whole z18 blocks)"
+            f"; fine-tune: {args.ft_epochs or 'default'} epochs, lr {args.ft_lr or 'default'}, "
+            f"encoder frozen for {args.ft_freeze or 'default'} (tilesight.training.spec "
+            "FINE_TUNE), batch 4, on about a third of the place (whole z18 blocks)"
         )
         print("\n| left out | tiles / buildings tuned on | F1 before | F1 after | fine-tune s |")
         print("|---|---|---|---|---|")

@@ -13,6 +13,9 @@ tiles/s and p50/p99 latency on loopback for
 - triton torch: the Triton column again for a twin model `<model>-torch` holding the
             same versions without model.onnx, so the backend runs PyTorch eager: the
             ONNX Runtime / PyTorch ratio of the served model, measured in the same run
+- triton vN: the Triton column for an older version (`--against`, default the one before
+            the promoted one), so a new architecture's CPU latency is a ratio against
+            the model it replaces, from the same server in the same run
 
 and, before the stack is loaded, the model step in-process for PyTorch eager, ONNX Runtime
 fp32 and its fp16 / int8 variants (bench/onnx_variants.py). It prints the U-Net's FLOPs
@@ -146,12 +149,29 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
         await triton.infer(torch_twin(args.model), windows[i % len(windows)], str(version))
         return True
 
+    against = args.against if args.against is not None else version - 1
+    old_buffer = context_px(settings, model_metadata(settings, args.model, against))
+    old_windows = [
+        read_tile(source, x, y, z, tilesize=256, buffer=old_buffer, settings=settings).data[None]
+        for x, y in tiles
+    ]
+
+    async def direct_against(i: int) -> bool:
+        await triton.infer(args.model, old_windows[i % len(old_windows)], str(against))
+        return True
+
     size = 256 + 2 * buffer
     flops = flops_per_tile(settings.model_repo / args.model / str(version), size)
     results: dict[str, Any] = {
         "device": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "model": f"{args.model} v{version}",
+        "against": f"{args.model} v{against}",
+        "against_gflops_per_tile": round(
+            flops_per_tile(settings.model_repo / args.model / str(against), 256 + 2 * old_buffer)
+            / 1e9,
+            2,
+        ),  # fmt: skip
         "architecture": meta["architecture"],
         "input": [3, size, size],
         "gflops_per_tile": round(flops / 1e9, 2),
@@ -171,6 +191,7 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         await direct(0)  # warm up Triton and the API
+        await direct_against(0)
         await client.get(imagery[0])
         for c in args.concurrency:
             row = {"concurrency": c}
@@ -179,6 +200,11 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
             row["triton_torch"] = await measure(direct_torch, args.requests, c)
             row["onnx_vs_torch"] = round(
                 row["triton"]["tiles_per_s"] / row["triton_torch"]["tiles_per_s"], 2
+            )
+            row["triton_against"] = await measure(direct_against, args.requests, c)
+            # how many times the reference's tiles/s: above 1 the new version is slower
+            row["latency_vs_against"] = round(
+                row["triton_against"]["tiles_per_s"] / row["triton"]["tiles_per_s"], 2
             )
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
@@ -252,19 +278,22 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"{results['model']} input {results['input']}: {results['gflops_per_tile']} GFLOP/tile, "
         f"{results['tiles']} distinct tiles, {results['requests']} requests per cell, "
-        f"{results['cpus']} CPUs",
+        f"{results['cpus']} CPUs; {results['against']}: "
+        f"{results['against_gflops_per_tile']} GFLOP/tile",
         "| concurrency | imagery tiles/s (p50/p99 ms) | Triton direct | Triton, torch backend "
-        "| API cold (no cache) | API warm (cached) | cold / Triton |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| API cold (no cache) | API warm (cached) | cold / Triton | Triton {results['against']} "
+        "| latency vs it |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
         cells = [
             f"{row[k]['tiles_per_s']} ({row[k]['p50_ms']}/{row[k]['p99_ms']})"
             + (f" {row[k]['errors']} failed" if row[k]["errors"] else "")
-            for k in ("imagery", "triton", "triton_torch", "cold", "warm")
+            for k in ("imagery", "triton", "triton_torch", "cold", "warm", "triton_against")
         ]
+        cells.insert(5, str(row["cold_vs_triton"]))
         lines.append(
-            f"| {row['concurrency']} | " + " | ".join(cells) + f" | {row['cold_vs_triton']} |"
+            f"| {row['concurrency']} | " + " | ".join(cells) + f" | {row['latency_vs_against']} |"
         )
     return "\n".join(lines)
 
@@ -276,6 +305,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--model-repo", type=Path, default=PROJECT_ROOT / "model_repo")
+    parser.add_argument("--against", type=int, help="reference version (default: promoted - 1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 

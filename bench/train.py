@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from tilesight.model.augment import augment
 from tilesight.model.data import ChipDataset, ChipSpec, cache_chips
 from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
-from tilesight.model.train import segmentation_loss
 from tilesight.model.unet import SegmentationModel, UNetConfig
+from tilesight.training.augment import augment
+from tilesight.training.losses import segmentation_loss
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "buildings" / "tanzania"
 

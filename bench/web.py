@@ -51,7 +51,7 @@ VIEWS = [
     ("tanzania", -6.043943, 39.241447),
     ("nairobi", -1.304857, 36.906853),
 ]
-SETTLED = "(layer) => tilesight[layer] && !tilesight[layer].isLoading()"
+SETTLED = "(layer) => window.tilesight && tilesight[layer] && !tilesight[layer].isLoading()"
 
 
 @contextmanager
@@ -82,7 +82,9 @@ def wait_settled(page: Page, layer: str, timeout_ms: int = 120_000) -> float:
 
 
 def visit(browser: Any, url: str, source: str, lat: float, lon: float) -> dict[str, float]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    # bypass_csp: wait_for_function evaluates its predicate with eval(), which the
+    # viewer's CSP refuses (script-src 'self'); the page itself is unchanged
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
     page = context.new_page()
     tiles = {"imagery": 0, "overlay": 0}
 

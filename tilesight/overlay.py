@@ -7,6 +7,7 @@ threshold, colormap and opacity a viewer asks for without running the model agai
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -125,3 +126,33 @@ def to_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # speed over a few bytes
     return buffer.getvalue()
+
+
+BUILDING_CLASSES = [{"name": "building", "color": DEFAULT_COLOR}]
+BORDER_CLASS = {"name": "border", "color": "#ffd60a"}
+#: Colours for common land-cover names; other classes take the next of PALETTE.
+KNOWN_COLOURS = {
+    "building": DEFAULT_COLOR, "water": "#1f78b4", "tree": "#1b7837", "trees": "#1b7837",
+    "forest": "#1b7837", "grass": "#a6dba0", "impervious": "#8c8c8c", "road": "#8c8c8c",
+    "bare": "#d9b38c", "cropland": "#fee08b",
+}  # fmt: skip
+PALETTE = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf"]
+
+
+def class_entries(classes: Sequence[str] = (), border: bool = False) -> list[dict[str, str]]:
+    """The `classes` of a model's metadata: the names and the colours the overlay draws
+    them in. No names: a building model (with its border class when it has one)."""
+    if not classes:
+        return BUILDING_CLASSES + ([BORDER_CLASS] if border else [])
+    known = ["#000000"] + [KNOWN_COLOURS.get(n.lower(), "") for n in classes[1:]]
+    # spare colours unlike the known ones first (PALETTE's red beside the building red
+    # would make two classes one on the map), the rest only when classes outnumber them
+    distinct = [c for c in PALETTE if all(_colour_gap(c, k) > 100 for k in known if k)]
+    spare = iter((distinct + [c for c in PALETTE if c not in distinct]) * 4)
+    pairs = zip(classes, known, strict=True)
+    return [{"name": n, "color": k or next(spare)} for n, k in pairs]
+
+
+def _colour_gap(a: str, b: str) -> float:
+    """Euclidean distance of two #rrggbb colours in RGB (0..441)."""
+    return sum((int(a[i : i + 2], 16) - int(b[i : i + 2], 16)) ** 2 for i in (1, 3, 5)) ** 0.5

@@ -178,3 +178,23 @@ class Building(Base):
     model_version: Mapped[int] = mapped_column(Integer)
     merged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BuildingReview(Base):
+    """A reviewer's verdict on one building of a job (correct, wrong, edited), or a building
+    the model missed (added, no building_id). One row per building holds its current
+    verdict; `version` counts its writes, so a stale write is refused (tilesight.jobs.reviews).
+    Rows go with their job and with the building they judge (ON DELETE CASCADE)."""
+
+    __tablename__ = "building_reviews"
+    __table_args__ = (UniqueConstraint("job_id", "building_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    building_id: Mapped[int | None] = mapped_column(ForeignKey("buildings.id", ondelete="CASCADE"))
+    verdict: Mapped[str] = mapped_column(String(16))  # correct | wrong | edited | added
+    geom = mapped_column(Geometry("GEOMETRY", srid=4326))  # edited or added outline
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

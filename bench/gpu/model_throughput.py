@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tilesight.model.export import latest_version, load_model
+from tilesight.model.export import load_model
+from tilesight.model.repository import latest_version
 from tilesight.settings import PROJECT_ROOT
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from NVIDIA's datasheets.

@@ -27,11 +27,9 @@ from PIL import Image
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.reader import read_tile
 from tilesight.imagery.sources import SourceInfo, get_source
-from tilesight.model.data import ChipSpec
 from tilesight.model.export import export_model, load_model, read_metadata
-from tilesight.model.job import class_entries
 from tilesight.model.unet import SegmentationModel, UNetConfig
-from tilesight.overlay import hex_rgb
+from tilesight.overlay import class_entries, hex_rgb
 from tilesight.predict import context_px
 from tilesight.registry import ensure_served
 from tilesight.settings import Settings
@@ -71,7 +69,7 @@ def served(stack: Stack, settings: Settings, api_url: str) -> tuple[SourceInfo, 
     window = read_tile(source, X, Y, Z, tilesize=256, buffer=buffer, settings=settings).data
     model = confident_random_model(window)
     metadata = {
-        "classes": class_entries(ChipSpec(classes=NAMES)),
+        "classes": class_entries(NAMES),
         "zoom": Z,
         "tile_size": 256,
         "buffer": 32,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tilesight.errors import InvalidInput
-from tilesight.model.train import process_group
+from tilesight.training.distributed import process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "buildings" / "tanzania"

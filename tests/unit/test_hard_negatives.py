@@ -13,7 +13,7 @@ from tests.unit.chips_support import SPEC
 from tests.unit.chips_support import TANZANIA as DATA
 from tilesight.model.data import Chip, keep_empty, prepare
 from tilesight.model.export import load_model
-from tilesight.model.job import hard_negative_ranker
+from tilesight.training.scoring import hard_negative_ranker
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "model_repo" / "buildings" / "2"  # the committed demo model, buffer 32

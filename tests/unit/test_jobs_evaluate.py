@@ -7,7 +7,7 @@ import uuid
 
 from shapely.geometry import MultiPolygon, box
 
-from tilesight.jobs.evaluate import clip_labels, load_labels, match
+from tilesight.jobs.evaluate import clip_labels, footprints_4326, match
 from tilesight.jobs.export import feature_json
 
 
@@ -34,7 +34,7 @@ def test_labels_mostly_outside_the_aoi_are_not_counted() -> None:
 def test_feature_json_is_a_geojson_feature() -> None:
     job = uuid.uuid4()
     geometry = '{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,0]]]}'
-    feature = json.loads(feature_json((7, geometry, 12.345, 0.87654, "buildings", 1), job))
+    feature = json.loads(feature_json((7, geometry, 12.345, 0.87654, "buildings", 1, None), job))
     assert feature["id"] == 7 and feature["geometry"]["type"] == "Polygon"
     assert feature["properties"] == {
         "id": 7, "area_m2": 12.35, "confidence": 0.8765, "model": "buildings",
@@ -55,7 +55,7 @@ def test_job_labels_are_read_as_training_reads_them(tmp_path) -> None:
     doc = {"type": "FeatureCollection", "features": feats, "crs": utm}
     path = tmp_path / "labels.geojson"
     path.write_text(json.dumps(doc))
-    (polygon,) = load_labels(path)
+    (polygon,) = footprints_4326(path)
     west, south, east, north = polygon.bounds
     assert 38.99 < west < east < 39.01 and -6.07 < south < north < -6.05  # UTM 37S, near Dar
     assert abs((east - west) * 111_320 - 20) < 0.5  # 20 m wide, in degrees at the equator-ish

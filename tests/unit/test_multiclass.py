@@ -25,12 +25,14 @@ from shapely.geometry import mapping, shape
 from tilesight.errors import InvalidInput
 from tilesight.model.data import Chip, ChipDataset, ChipSpec, cache_chips
 from tilesight.model.export import load_model, read_metadata
-from tilesight.model.job import TrainingRun, class_entries, evaluate_version, run_training
-from tilesight.model.labels import IGNORE, load_labels
+from tilesight.model.labels import IGNORE, read_labels
 from tilesight.model.metrics import ClassConfusion
 from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles, tile_transform
-from tilesight.model.train import TrainConfig, multiclass_loss, segmentation_loss
-from tilesight.overlay import Style, hex_rgb, render
+from tilesight.overlay import Style, class_entries, hex_rgb, render
+from tilesight.training.loop import TrainConfig
+from tilesight.training.losses import multiclass_loss, segmentation_loss
+from tilesight.training.pipeline import TrainingPlan, run_training
+from tilesight.training.scoring import score_version
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "buildings" / "tanzania"
 NAMES = ("background", "building", "yard")
@@ -222,7 +224,7 @@ def raster_chips(
 ) -> tuple[list[Chip], float]:
     folder = tmp_path_factory.mktemp("raster")
     top = write_label_raster(folder / "classes.tif", reader, footprints_utm)
-    labels = load_labels(folder / "classes.tif", NAMES, ignore_value=UNLABELLED)
+    labels = read_labels(folder / "classes.tif", NAMES, ignore_value=UNLABELLED)
     assert labels.multiclass and labels.raster is not None
     tiles = prepare_tiles(reader, labels.extent(), 19)
     return cache_chips(reader, labels, tiles, SPEC, folder / "chips"), top
@@ -273,14 +275,14 @@ def test_label_raster_value_beyond_the_classes_is_refused(
     reader: ChipFolder, footprints_utm: list[shapely.Geometry], tmp_path: Path
 ) -> None:
     write_label_raster(tmp_path / "seven.tif", reader, footprints_utm, extra=7)
-    labels = load_labels(tmp_path / "seven.tif", NAMES, ignore_value=UNLABELLED)
+    labels = read_labels(tmp_path / "seven.tif", NAMES, ignore_value=UNLABELLED)
     tiles = prepare_tiles(reader, labels.extent(), 19)
     with pytest.raises(InvalidInput, match=r"\[7\]") as raised:
         cache_chips(reader, labels, tiles, SPEC, tmp_path / "chips")
     assert raised.value.detail["values"] == [7] and "3 classes" in raised.value.message
     # the same raster is read once eight classes (0..7) are named
     eight = (*NAMES, "c3", "c4", "c5", "c6", "seven")
-    labels = load_labels(tmp_path / "seven.tif", eight, ignore_value=UNLABELLED)
+    labels = read_labels(tmp_path / "seven.tif", eight, ignore_value=UNLABELLED)
     spec = ChipSpec(zoom=19, buffer=32, jitter=0, classes=eight)
     chips = cache_chips(reader, labels, tiles, spec, tmp_path / "eight")
     assert any((_class_map(c) == 7).any() for c in chips)
@@ -292,9 +294,9 @@ def test_a_raster_that_is_not_a_class_raster_is_refused(tmp_path: Path) -> None:
     with rasterio.open(path, "w", transform=from_origin(526800, 9332100, 1, 1), **profile) as d:
         d.write(np.zeros((1, 4, 4), np.float32))
     with pytest.raises(InvalidInput, match="integer class values"):
-        load_labels(path, NAMES)
+        read_labels(path, NAMES)
     with pytest.raises(InvalidInput, match="at least two classes"):
-        load_labels(path, ("background",))
+        read_labels(path, ("background",))
 
 
 # --- class-tagged polygons --------------------------------------------------------------
@@ -337,7 +339,7 @@ def polygon_labels(
 def test_class_polygons_line_up_and_smaller_paint_over_larger(
     reader: ChipFolder, polygon_labels: Path, building_chips: list[Chip], tmp_path: Path
 ) -> None:
-    labels = load_labels(polygon_labels, NAMES)
+    labels = read_labels(polygon_labels, NAMES)
     assert labels.classes is not None and set(labels.classes) == {1, 2}  # "car" skipped
     tiles = prepare_tiles(reader, labels.extent(), 19)
     chips = cache_chips(reader, labels, tiles, SPEC, tmp_path)
@@ -370,17 +372,17 @@ def test_polygons_of_unknown_classes_only_are_refused(
     ]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     with pytest.raises(InvalidInput) as raised:
-        load_labels(path, NAMES)
+        read_labels(path, NAMES)
     assert "['trees', 'water']" in raised.value.message and "class" in raised.value.message
     # the same polygons under another property name are not read at all
     with pytest.raises(InvalidInput, match=r"`kind`.*values found: \[\]"):
-        load_labels(path, ("background", "water"), prop="kind")
-    assert load_labels(path, ("background", "water", "trees")).classes == [1, 2, 1]
+        read_labels(path, ("background", "water"), prop="kind")
+    assert read_labels(path, ("background", "water", "trees")).classes == [1, 2, 1]
 
 
 def test_class_colours_stay_apart_on_the_map() -> None:
     names = ("background", "building", "yard", "Water", "trees", "shed")
-    entries = class_entries(ChipSpec(classes=names))
+    entries = class_entries(names)
     assert [e["name"] for e in entries] == list(names)
     colours = {e["name"]: hex_rgb(e["color"]) for e in entries}
     assert colours["background"] == (0, 0, 0)
@@ -400,7 +402,7 @@ def tiny_run(polygon_labels: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     loop = TrainConfig(epochs=8, batch_size=1, lr=1e-2, warmup_steps=1, run_dir=tmp / "ckpt",
                        resume=False, bf16=False, class_weights=(0.5, 1.0, 2.0),
                        seed=0)  # fmt: skip
-    run = TrainingRun(
+    run = TrainingPlan(
         sources=[(DATA, polygon_labels)], model_repo=tmp / "repo", model_name="landcover",
         chips=ChipSpec(zoom=19, buffer=32, classes=NAMES), width=4, depth=2, loop=loop,
         cache_dir=tmp / "chips", block_zoom=19, val_fraction=0.25, tune_fraction=0.0,
@@ -441,7 +443,7 @@ def test_tiny_multiclass_run_beats_background_and_evaluates_per_class(
     tiny_run: tuple, polygon_labels: Path
 ) -> None:
     version_dir, meta, tmp = tiny_run
-    scores = evaluate_version(version_dir, DATA, polygon_labels, tmp / "eval-chips")
+    scores = score_version(version_dir, DATA, polygon_labels, tmp / "eval-chips")
     assert scores["tiles"] == 4
     assert {f"iou_{n}" for n in NAMES} <= set(scores) and "accuracy" in scores
     # read with the version's own class names: a few steps already find buildings
@@ -456,7 +458,7 @@ def test_exported_multiclass_model_gives_a_distribution_and_an_overlay(
     model, loaded = load_model(version_dir)
     assert loaded["classes"] == meta["classes"]
     chips = cache_chips(
-        ChipFolder(DATA), load_labels(polygon_labels, NAMES), [(319294, 270961, 19)],
+        ChipFolder(DATA), read_labels(polygon_labels, NAMES), [(319294, 270961, 19)],
         ChipSpec(zoom=19, buffer=32, jitter=0, classes=NAMES), tmp / "one",
     )  # fmt: skip
     image = ChipDataset(chips, SPEC, train=False)[0]["image"][None]

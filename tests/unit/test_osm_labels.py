@@ -210,7 +210,8 @@ class _Session:
 def test_a_training_run_accepts_an_extract_as_labels_path(
     extract: Path, monkeypatch: pytest.MonkeyPatch, over_the_labels: bool
 ) -> None:
-    from tilesight import training_runs
+    from tilesight.training import service as training_runs
+    from tilesight.training.spec import RunRequest
 
     bounds = (39.2417, -6.0437, 39.2432, -6.0422) if over_the_labels else (0.0, 0.0, 0.1, 0.1)
     source = SourceInfo(
@@ -220,9 +221,7 @@ def test_a_training_run_accepts_an_extract_as_labels_path(
     )  # fmt: skip
     monkeypatch.setattr(training_runs, "get_source", lambda session, source_id: source)
     settings = Settings(home=extract.parent, data_roots=[extract.parent])
-    req = training_runs.RunRequest(
-        model="buildings", source="tanzania", labels_path=str(extract), labels=None
-    )
+    req = RunRequest(model="buildings", source="tanzania", labels_path=str(extract), labels=None)
     if not over_the_labels:
         with pytest.raises(Unprocessable, match="do not overlap"):
             training_runs.create_run(settings, _Session(), req)

@@ -54,7 +54,7 @@ class FakeTriton:
             raise self.fail
         return (image[:, :1].astype(np.float32) / 250.0).astype(np.float16).astype(np.float32)
 
-    async def load_model(self, model: str) -> None:
+    async def load_model(self, model: str, config: str | None = None) -> None:
         self.fail = None
 
     async def close(self) -> None:

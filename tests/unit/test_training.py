@@ -12,7 +12,6 @@ import torch
 from tests.unit.chips_support import SPEC
 from tests.unit.chips_support import TANZANIA as DATA
 from tilesight.errors import InvalidInput
-from tilesight.model.augment import GEOMETRY_ONLY, Augment, augment, rescale
 from tilesight.model.data import (
     IGNORE,
     ChipDataset,
@@ -24,8 +23,10 @@ from tilesight.model.data import (
     split_small_area,
 )
 from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
-from tilesight.model.train import TrainConfig, segmentation_loss, train
 from tilesight.model.unet import SegmentationModel, UNetConfig
+from tilesight.training.augment import GEOMETRY_ONLY, Augment, augment, rescale
+from tilesight.training.loop import TrainConfig, train
+from tilesight.training.losses import segmentation_loss
 
 
 def test_chips_hold_real_pixels_and_aligned_labels(chips: list) -> None:

@@ -14,9 +14,10 @@ from tests.unit.chips_support import TANZANIA as DATA
 from tilesight.errors import InvalidInput
 from tilesight.model.data import ChipDataset, ChipSpec
 from tilesight.model.export import load_model
-from tilesight.model.job import TrainingRun, build_model, run_training
-from tilesight.model.train import Progress, TrainConfig, train
 from tilesight.model.unet import SegmentationModel, UNetConfig
+from tilesight.training.loop import Progress, TrainConfig, train
+from tilesight.training.pipeline import TrainingPlan, run_training
+from tilesight.training.transfer import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "model_repo" / "buildings" / "2"  # the shipped demo: width 8, depth 4
@@ -64,10 +65,10 @@ def test_frozen_encoder_keeps_weights_and_statistics_then_trains(
     assert [h["encoder_frozen"] for h in result.history] == [True, False]
 
 
-def _run(tmp: Path, cache: Path, **kw: object) -> TrainingRun:
+def _run(tmp: Path, cache: Path, **kw: object) -> TrainingPlan:
     loop = TrainConfig(epochs=1, batch_size=2, max_steps_per_epoch=1, run_dir=tmp / "run",
                        resume=False, bf16=False)  # fmt: skip
-    return TrainingRun(sources=[(DATA, DATA / "labels.geojson")], model_repo=tmp / "repo",
+    return TrainingPlan(sources=[(DATA, DATA / "labels.geojson")], model_repo=tmp / "repo",
                        chips=ChipSpec(zoom=19, buffer=32), width=8, depth=4, loop=loop,
                        cache_dir=cache, block_zoom=19, val_fraction=0.25,
                        tune_fraction=0.25, export=False, **kw)  # fmt: skip
@@ -88,10 +89,8 @@ def test_demo_model_gives_a_run_a_head_start(tmp_path: Path, cache: Path) -> Non
     assert scratch["hyperparameters"]["init_from"] is None
 
 
-def test_building_model_seeds_a_border_model_with_a_fresh_head(tmp_path: Path) -> None:
-    run = TrainingRun(sources=[], model_repo=tmp_path, chips=ChipSpec(border=True),
-                      width=8, depth=4, init_from=DEMO)  # fmt: skip
-    model, record = build_model(run)
+def test_building_model_seeds_a_border_model_with_a_fresh_head() -> None:
+    model, record = build_model((), border=True, width=8, depth=4, init_from=DEMO)
     demo, _ = load_model(DEMO)
     theirs, ours = demo.state_dict(), model.state_dict()
     assert model.config.classes == 2 and ours["net.head.weight"].shape[0] == 2
@@ -113,5 +112,4 @@ def test_another_width_is_refused_before_any_chips_are_cut(tmp_path: Path) -> No
     assert "train with width 8 and depth 4" in err.value.message
     assert not (tmp_path / "chips").exists()
     with pytest.raises(InvalidInput, match="depth"):
-        build_model(TrainingRun(sources=[], model_repo=tmp_path, width=8, depth=3,
-                                init_from=DEMO))  # fmt: skip
+        build_model((), border=False, width=8, depth=3, init_from=DEMO)

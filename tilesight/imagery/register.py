@@ -108,64 +108,82 @@ def register_file(
     Anything over `settings.source_max_pixels` is refused from names or headers first.
     """
     owned = settings.sources_dir / source_id
-    cog = owned / f"{source_id}.tif"
     made_dir = not owned.exists()
     label = label or path.name
-    budget = settings.source_max_pixels
     try:
-        if reuse_existing and cog.exists():
-            kind = "chips" if path.is_dir() or _is_zip(path) else "cog"
-        elif path.is_dir():
-            kind = "chips"
-            chips_to_cog(path, cog, progress, budget)
-        elif _is_zip(path):
-            kind = "chips"
-            folder = extract_zip(path, owned / "chips", settings.upload_max_bytes, budget, label)
-            chips_to_cog(folder, cog, progress, budget)
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            kind = "cog"
-            cog = _geotiff_cog(path, cog, label, budget, progress, in_place)
+        kind, cog = _to_cog(settings, path, owned / f"{source_id}.tif", label, progress,
+                            in_place=in_place, reuse_existing=reuse_existing)  # fmt: skip
         if not in_place and path.is_file() and path != cog:
             path.unlink(missing_ok=True)  # a download or an upload, now converted
-        facts = inspect(cog)
-        row = Source(
-            id=source_id,
-            name=name,
-            kind=kind,
-            uri=str(cog),
-            original_uri=original_uri,
-            attribution=attribution,
-            crs=facts.crs,
-            bounds=list(facts.bounds),
-            footprint=f"SRID=4326;{box(*facts.bounds).wkt}",
-            resolution_m=facts.resolution_m,
-            minzoom=facts.minzoom,
-            maxzoom=facts.maxzoom,
-            band_count=facts.band_count,
-            dtype=facts.dtype,
-            info={
-                "native_zoom": facts.native_zoom,
-                "rescale": facts.rescale,
-                "center": data_center(cog),
-            },
-        )
+        row = _cog_row(cog, kind, source_id, name, attribution, original_uri)
         session.add(row)
         session.commit()
         session.refresh(row)
         return SourceInfo.from_row(row)
-    except READ_ERRORS as exc:
+    except BaseException as exc:
         session.rollback()
         if made_dir:
             shutil.rmtree(owned, ignore_errors=True)
-        raise Unprocessable(
-            f"{label} cannot be read: the file is truncated or corrupt", file=label
-        ) from exc
-    except BaseException:
-        session.rollback()
-        if made_dir:
-            shutil.rmtree(owned, ignore_errors=True)
+        if isinstance(exc, READ_ERRORS):
+            raise Unprocessable(
+                f"{label} cannot be read: the file is truncated or corrupt", file=label
+            ) from exc
         raise
+
+
+def _to_cog(
+    settings: Settings,
+    path: Path,
+    cog: Path,
+    label: str,
+    progress: Progress | None,
+    *,
+    in_place: bool,
+    reuse_existing: bool,
+) -> tuple[str, Path]:
+    """The kind of source and the COG that serves it: chips (a folder or a zip) are
+    mosaicked, a GeoTIFF converted unless it is a COG already."""
+    budget = settings.source_max_pixels
+    if reuse_existing and cog.exists():
+        return ("chips" if path.is_dir() or _is_zip(path) else "cog"), cog
+    if path.is_dir():
+        chips_to_cog(path, cog, progress, budget)
+        return "chips", cog
+    if _is_zip(path):
+        folder = extract_zip(path, cog.parent / "chips", settings.upload_max_bytes, budget, label)
+        chips_to_cog(folder, cog, progress, budget)
+        shutil.rmtree(folder, ignore_errors=True)
+        return "chips", cog
+    return "cog", _geotiff_cog(path, cog, label, budget, progress, in_place)
+
+
+def _cog_row(
+    cog: Path, kind: str, source_id: str, name: str, attribution: str, original_uri: str
+) -> Source:
+    """The `sources` row of a COG, with what tiles need measured once: bounds, zooms, the
+    display stretch and a point on real pixels."""
+    facts = inspect(cog)
+    return Source(
+        id=source_id,
+        name=name,
+        kind=kind,
+        uri=str(cog),
+        original_uri=original_uri,
+        attribution=attribution,
+        crs=facts.crs,
+        bounds=list(facts.bounds),
+        footprint=f"SRID=4326;{box(*facts.bounds).wkt}",
+        resolution_m=facts.resolution_m,
+        minzoom=facts.minzoom,
+        maxzoom=facts.maxzoom,
+        band_count=facts.band_count,
+        dtype=facts.dtype,
+        info={
+            "native_zoom": facts.native_zoom,
+            "rescale": facts.rescale,
+            "center": data_center(cog),
+        },
+    )
 
 
 def _geotiff_cog(

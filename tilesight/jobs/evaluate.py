@@ -40,7 +40,7 @@ def labels_path(source: tables.Source) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def load_labels(path: Path) -> list[Polygon]:
+def footprints_4326(path: Path) -> list[Polygon]:
     """Footprints in EPSG:4326, read exactly as training reads them (GeoJSON in any CRS
     or an OSM extract, `building=no` dropped), so a job is scored against what a model
     would have been trained on."""
@@ -110,7 +110,7 @@ def evaluate_job(session: Session, settings: Settings, job_id: uuid.UUID) -> dic
             "labels.geojson beside its imagery to evaluate jobs over it"
         )
     aoi = to_shape(job.aoi)
-    labels = clip_labels(load_labels(path), aoi)
+    labels = clip_labels(footprints_4326(path), aoi)
     if not labels:
         raise NotFound(f"the labels in {path.name} do not cover this job's area")
     geoms = session.scalars(

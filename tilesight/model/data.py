@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tilesight.errors import InvalidInput
-from tilesight.model.labels import IGNORE, LabelSet, load_labels
+from tilesight.model.labels import IGNORE, LabelSet, read_labels
 from tilesight.model.sources import (
     Tile,
     TileReader,
@@ -278,7 +278,7 @@ def prepare(
         reader = open_imagery(imagery)
         if reader.name in readers:
             raise InvalidInput(f"two sources are named {reader.name}; rename one folder")
-        found_labels = load_labels(labels, spec.classes, spec.class_property, spec.ignore_value)
+        found_labels = read_labels(labels, spec.classes, spec.class_property, spec.ignore_value)
         found = prepare_tiles(reader, found_labels.extent(), spec.zoom)
         readers[reader.name], footprints[reader.name] = reader, found_labels
         tiles += [(reader.name, t) for t in found]

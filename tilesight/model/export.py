@@ -1,4 +1,4 @@
-"""Model versions on disk: `model_repo/<model>/<N>/{model.pt, metadata.json, model.onnx}`.
+"""Writing and loading model versions (the layout: tilesight.model.repository).
 
 Triton's python backend, the tests and `tilesight evaluate` all rebuild the served
 module through `load_model`, so the weights file holds only a state_dict and the
@@ -23,11 +23,9 @@ from typing import Any
 import torch
 
 from tilesight.errors import InvalidInput, NotFound
+from tilesight.model.repository import METADATA, ONNX, WEIGHTS, next_version
 from tilesight.model.unet import SegmentationModel, UNetConfig
 
-WEIGHTS = "model.pt"
-METADATA = "metadata.json"
-ONNX = "model.onnx"
 ONNX_OPSET = 17
 #: ONNX Runtime against PyTorch on the same uint8 batch; the export is refused beyond
 #: this (the overlay's own tolerance is 2/255, the served output is fp16 anyway).
@@ -53,11 +51,6 @@ def code_version(repo: Path | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def export_model(
     model: SegmentationModel,
     metadata: dict[str, Any],
@@ -71,7 +64,7 @@ def export_model(
     polling the repository never sees a version without its weights or metadata."""
     model_dir = Path(model_repo) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = version or next_version(model_dir)
+    version = version or next_version(Path(model_repo), name)
     final = model_dir / str(version)
     if final.exists():
         raise InvalidInput(f"{final} already exists; versions are never overwritten")
@@ -124,14 +117,6 @@ def load_model(
     state = torch.load(version_dir / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval(), metadata
-
-
-def latest_version(model_repo: Path, name: str = "buildings") -> Path:
-    model_dir = Path(model_repo) / name
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    if not versions:
-        raise NotFound(f"model {name} has no versions in {model_repo}")
-    return model_dir / str(max(versions))
 
 
 def export_onnx(model: torch.nn.Module, version_dir: Path, size: int | None = None) -> Path:

@@ -161,7 +161,7 @@ class LabelSet:
         )  # fmt: skip
 
 
-def load_labels(
+def read_labels(
     path: str | Path,
     names: Sequence[str] = (),
     prop: str = "class",

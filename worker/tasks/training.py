@@ -6,12 +6,13 @@ import uuid
 
 from celery import shared_task
 
+from tilesight import tasks
 from tilesight.db import make_engine, make_sessionmaker
 from tilesight.settings import get_settings
-from tilesight.training_runs import execute_run
+from tilesight.training.service import execute_run
 
 
-@shared_task(name="tilesight.training.run", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=tasks.TRAINING_RUN, acks_late=True, reject_on_worker_lost=True)
 def run(run_id: str) -> int | None:
     """Re-delivery after a crash resumes from the run's last checkpoint (see execute_run).
 

@@ -1,22 +1,27 @@
-"""What a training request's fields must agree on, checked before a run is stored.
+"""What a training request's fields must agree on, checked before a run is stored, and
+how a refusal is put in the user's terms (no server path reaches the client).
 
-Split from `training_runs` so the service module reads as the run's life (submit,
-follow, cancel, execute) and these rules can be read, and tested, on their own.
+Split from the service so it reads as the run's life (submit, follow, cancel,
+execute) and these rules can be read, and tested, on their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tilesight.errors import Conflict, InvalidInput
+from tilesight.errors import Conflict, InvalidInput, NotFound, TilesightError
+from tilesight.imagery.register import local_path
+from tilesight.model.repository import METADATA, version_dir
 from tilesight.settings import Settings
 
 if TYPE_CHECKING:
-    from tilesight.training_runs import RunRequest
+    from tilesight.training.spec import RunRequest
 
 
 def check_classes(req: RunRequest) -> None:
@@ -118,3 +123,56 @@ def check_raster_values(path: Path, classes: int, ignore_value: int | None) -> N
             "of unlabelled pixels as `ignore_value`",
             values=bad[:10],
         )
+
+
+def check_init_version(settings: Settings, req: RunRequest) -> None:
+    """The version a fine-tune starts from exists and has the network shape asked for."""
+    from tilesight.training.transfer import check_init_from
+
+    assert req.init_from_version is not None
+    folder = version_dir(settings.model_repo, req.model, req.init_from_version)
+    if not (folder / METADATA).exists():
+        raise NotFound(f"model {req.model!r} has no version {req.init_from_version}")
+    check_init_from(folder, req.width, req.depth, architecture=req.architecture)
+
+
+def inline_labels_file(settings: Settings, run_id: uuid.UUID) -> Path:
+    """Where a run's inline labels are written, to be read like any labels file."""
+    return settings.home / "labels" / f"{run_id}.geojson"
+
+
+def server_paths(settings: Settings, req: RunRequest, run_id: uuid.UUID) -> dict[str, str]:
+    """The server's own paths an error may hold, each with the words a user knows it by."""
+    label = "the inline `labels`" if req.labels is not None else f"`{req.labels_path}`"
+    paths = {str(inline_labels_file(settings, run_id)): label}
+    if req.labels_path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            paths[str(local_path(settings, req.labels_path))] = label
+    for root in settings.data_roots:
+        paths[str(root)] = "<data root>"
+        with contextlib.suppress(OSError, ValueError):
+            paths[str(root.resolve())] = "<data root>"
+    paths[str(settings.model_repo)] = "<model repository>"
+    paths[str(settings.home)] = "<server home>"
+    return paths
+
+
+def in_users_terms(exc: TilesightError, paths: dict[str, str]) -> None:
+    """Rewrite a refusal's message and details in place, longest path first (a labels
+    file lies under the home folder), so no server path reaches the client."""
+    ordered = sorted(paths.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for path, words in ordered:
+                value = value.replace(path, words)
+            return value
+        if isinstance(value, list | tuple):
+            return [scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        return value
+
+    exc.message = scrub(exc.message)
+    exc.detail = scrub(exc.detail)
+    exc.args = (exc.message,)

@@ -1,0 +1,149 @@
+"""Scores beside the loop's own: the trivial baselines a model must beat, a version
+scored on every tile of a labelled area (`tilesight evaluate`), and the ranker that
+picks hard negatives by the false positives of an earlier version.
+
+Baselines are fitted on training chips only and scored on the same validation chips
+as the model, so the metadata says how much the network adds over trivial rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from tilesight.errors import InvalidInput
+from tilesight.model.data import IGNORE, Chip, ChipDataset, ChipSpec, cache_chips
+from tilesight.model.export import load_model
+from tilesight.model.labels import read_labels
+from tilesight.model.metrics import (
+    ClassConfusion,
+    SegmentationMetrics,
+    apply_colour_threshold,
+    fit_colour_threshold,
+)
+from tilesight.model.sources import Tile, open_imagery, prepare_tiles
+from tilesight.settings import get_settings
+from tilesight.training.loop import validation_scores
+
+
+def _core(chip: Chip, spec: ChipSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tile proper of a chip: image, labels (instances or classes), valid pixels."""
+    c, s = spec.context, spec.tile_size
+    keys = ("image", spec.label_key, "valid")
+    with np.load(chip.path) as z:
+        image, labels, valid = (z[k][..., c : c + s, c : c + s] for k in keys)
+    return image, labels, valid
+
+
+def baselines(
+    train_chips: list[Chip], val_chips: list[Chip], spec: ChipSpec, min_area: int
+) -> dict[str, Any]:
+    """Scores of 'no buildings anywhere' and of the best colour rule (fitted on train);
+    for multi-class, 'background everywhere' and 'the commonest training class everywhere'."""
+    if spec.multiclass:
+        return _class_baselines(train_chips, val_chips, spec)
+    fit = [_core(c, spec) for c in train_chips]
+    rule = fit_colour_threshold([i for i, _, _ in fit], [np.where(v, t, 0) for _, t, v in fit])
+    empty, colour = SegmentationMetrics(min_area), SegmentationMetrics(min_area)
+    for chip in val_chips:
+        image, inst, valid = _core(chip, spec)
+        empty.update(np.zeros(inst.shape, bool), inst, valid)
+        colour.update(apply_colour_threshold(image, rule), inst, valid)
+    return {
+        "all_background": empty.scores(),
+        "colour_threshold": {**colour.scores(), "rule": rule},
+    }
+
+
+def _class_baselines(
+    train_chips: list[Chip], val_chips: list[Chip], spec: ChipSpec
+) -> dict[str, Any]:
+    n = len(spec.classes)
+    counts = np.zeros(n, np.int64)
+    for chip in train_chips:
+        _, labels, valid = _core(chip, spec)
+        keep = valid & (labels != IGNORE)
+        counts += np.bincount(labels[keep].ravel(), minlength=n)[:n]
+    common = int(counts.argmax())
+    out = {}
+    for name, cls in (("all_background", 0), ("majority_class", common)):
+        confusion = ClassConfusion(spec.classes)
+        for chip in val_chips:
+            _, labels, valid = _core(chip, spec)
+            confusion.update(np.full(labels.shape, cls), np.where(valid, labels, IGNORE))
+        out[name] = {**confusion.scores(), "class": spec.classes[cls]}
+    return out
+
+
+def positive_share(chips: Sequence[Chip], spec: ChipSpec) -> float:
+    """The share of labelled pixels in building footprints over the tiles proper."""
+    pos = total = 0
+    for chip in chips:
+        _, inst, valid = _core(chip, spec)
+        pos += int(np.count_nonzero((inst > 0) & valid))
+        total += int(np.count_nonzero(valid))
+    return pos / total if total else 0.0
+
+
+def hard_negative_ranker(
+    version_dir: Path, spec: ChipSpec, threshold: float | None = None
+) -> Callable[[Sequence[Chip]], list[float]]:
+    """Scores empty chips by the pixels the model at `version_dir` calls building there:
+    every such pixel is a false positive, so the highest scores are the hard negatives."""
+    model, meta = load_model(version_dir)
+    if model.config.activation == "softmax" or spec.multiclass:
+        raise InvalidInput("hard negatives are mined for building models, not multi-class ones")
+    cut = threshold if threshold is not None else meta["threshold"]
+    b = spec.buffer
+
+    def rank(chips: Sequence[Chip]) -> list[float]:
+        loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
+        scores: list[float] = []
+        with torch.inference_mode():
+            for batch in loader:
+                prob = model(batch["image"])[:, 0, b : -b or None, b : -b or None]
+                scores += (prob >= cut).flatten(1).sum(1).float().tolist()
+        return scores
+
+    return rank
+
+
+def score_version(
+    version_dir: Path,
+    imagery: Path,
+    labels: Path,
+    cache_dir: Path | None = None,
+    threshold: float | None = None,
+    min_area: int = 10,
+    only_tiles: Collection[Tile] | None = None,
+) -> dict[str, float]:
+    """Score a model version on every tile of a labelled area at the model's zoom (or on
+    `only_tiles` of it, the part a fine-tune did not see), with the labels read the way
+    it was trained (footprints, or its classes)."""
+    model, meta = load_model(version_dir)
+    chips_meta = meta.get("hyperparameters", {}).get("chips", {})
+    multiclass = model.config.activation == "softmax"
+    spec = ChipSpec(
+        zoom=meta["zoom"], tile_size=meta["tile_size"], buffer=meta["buffer"], jitter=0,
+        classes=tuple(c["name"] for c in meta["classes"]) if multiclass else (),
+        border=not multiclass and any(c["name"] == "border" for c in meta["classes"]),
+        class_property=chips_meta.get("class_property", "class"),
+        ignore_value=chips_meta.get("ignore_value"),
+    )  # fmt: skip
+    reader = open_imagery(imagery)
+    found = read_labels(labels, spec.classes, spec.class_property, spec.ignore_value)
+    tiles = prepare_tiles(reader, found.extent(), spec.zoom)
+    if only_tiles is not None:
+        keep = set(only_tiles)
+        tiles = [t for t in tiles if t in keep]
+    cache = cache_dir if cache_dir is not None else get_settings().home / "chips"
+    chips = cache_chips(reader, found, tiles, spec, cache)
+    loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
+    thr = threshold if threshold is not None else meta["threshold"]
+    scores = validation_scores(model, loader, spec.buffer, thr, min_area, class_names=spec.classes)
+    return {**scores, "tiles": len(chips), "ignore_value": IGNORE}
