@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tilesight.errors import InvalidInput
-from tilesight.model.instances import split_instances
-from tilesight.model.labels import IGNORE
-from tilesight.model.metrics import ClassConfusion, SegmentationMetrics
 from tilesight.model.unet import SegmentationModel
 from tilesight.settings import get_settings
 from tilesight.training import checkpoints
@@ -38,7 +34,9 @@ from tilesight.training.distributed import (
     weights_from_rank0,
 )
 from tilesight.training.losses import segmentation_loss
+from tilesight.training.scoring import validation_scores
 from tilesight.training.spec import FROM_SCRATCH, TrainingSpec
+from tilesight.training.transfer import batchnorms, encoder_parameters
 
 _SPEC = TrainingSpec()
 #: The loop's fields whose default and bound are the spec's (checked through it).
@@ -142,48 +140,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def validation_scores(
-    model: SegmentationModel,
-    loader: DataLoader,
-    buffer: int,
-    threshold: float = 0.5,
-    min_area: int = 10,
-    device: torch.device | None = None,
-    autocast: Any = None,
-    class_names: tuple[str, ...] = (),
-    class_weights: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Loss and metrics on the tile proper (context pixels are for the model only).
-
-    Buildings: pixel and object scores, objects split along the predicted border when
-    the model has that class. Multi-class: per-class IoU/F1 and their means, from the
-    argmax of the class probabilities (`class_names` given)."""
-    device = device or next(model.parameters()).device
-    metrics: SegmentationMetrics | ClassConfusion
-    metrics = ClassConfusion(class_names) if class_names else SegmentationMetrics(min_area)
-    has_border = model.config.classes > 1 and not class_names
-    losses, model_was_training = [], model.training
-    model.eval()
-    core = (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
-    with torch.inference_mode(), autocast or nullcontext():
-        for batch in loader:
-            logits = model.logits(batch["image"].to(device))
-            target = batch["target"].to(device)
-            losses.append(float(segmentation_loss(logits, target, class_weights=class_weights)))
-            if isinstance(metrics, ClassConfusion):
-                pred = logits.float().argmax(dim=1).cpu().numpy()
-                metrics.update(pred[core], batch["target"].numpy()[core])
-                continue
-            prob = torch.sigmoid(logits.float()).cpu().numpy()[core]
-            inst = batch["instances"].numpy()[core]
-            valid = batch["target"][:, 0].numpy()[core] != IGNORE
-            for p, t, v in zip(prob, inst, valid, strict=True):
-                objects = split_instances(p[0], p[1], threshold, min_area) if has_border else None
-                metrics.update(p[0] >= threshold, t, v, objects)
-    model.train(model_was_training)
-    return {"loss": float(np.mean(losses)) if losses else 0.0, **metrics.scores()}
 
 
 def train(
@@ -329,7 +285,7 @@ class _Fit:
             self.sampler.set_epoch(epoch)
         net.train()
         if frozen or config.freeze_batchnorm:  # a kept encoder keeps its statistics too
-            for module in _norms(model, encoder_only=not config.freeze_batchnorm):
+            for module in batchnorms(model, encoder_only=not config.freeze_batchnorm):
                 module.eval()
         started, losses = time.perf_counter(), []
         for step, batch in enumerate(self.loader, start=1):
@@ -421,7 +377,7 @@ def _wrap(
     """The module the loop calls, built for one encoder state. DDP reduces the gradients
     of the parameters that required them when it was built, so it is rebuilt when the
     encoder thaws (cheaper than find_unused_parameters on every step)."""
-    for p in _encoder_parameters(model):
+    for p in encoder_parameters(model):
         p.requires_grad_(not frozen)
     net: nn.Module = model
     if config.compile:
@@ -430,23 +386,6 @@ def _wrap(
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
     return net
-
-
-def _encoder_parameters(model: SegmentationModel) -> list[nn.Parameter]:
-    """What every registered network names its encoder: frozen first in a fine-tune."""
-    params: list[nn.Parameter] = model.net.encoder_parameters()  # type: ignore[operator]
-    return params
-
-
-def _norms(model: SegmentationModel, encoder_only: bool) -> list[nn.Module]:
-    """The BatchNorm layers of the model, or of its encoder alone."""
-    ids = {id(p) for p in _encoder_parameters(model)} if encoder_only else None
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and (ids is None or all(id(p) in ids for p in m.parameters(recurse=False)))
-    ]
 
 
 def _stale(history: Sequence[dict], best_epoch: int, patience: int) -> bool:

@@ -26,10 +26,14 @@ from tilesight.training.loop import (
     TrainConfig,
     TrainResult,
     train,
-    validation_scores,
 )
 from tilesight.training.metadata import version_metadata
-from tilesight.training.scoring import baselines, hard_negative_ranker, positive_share
+from tilesight.training.scoring import (
+    baselines,
+    hard_negative_ranker,
+    positive_share,
+    validation_scores,
+)
 from tilesight.training.spec import TrainingSpec
 from tilesight.training.transfer import build_model, check_init_from
 

@@ -1,6 +1,7 @@
-"""Scores beside the loop's own: the trivial baselines a model must beat, a version
-scored on every tile of a labelled area (`tilesight evaluate`), and the ranker that
-picks hard negatives by the false positives of an earlier version.
+"""Scores: the loop's validation scores (`validation_scores`), the trivial baselines a
+model must beat, a version scored on every tile of a labelled area (`tilesight
+evaluate`), and the ranker that picks hard negatives by the false positives of an
+earlier version.
 
 Baselines are fitted on training chips only and scored on the same validation chips
 as the model, so the metadata says how much the network adds over trivial rules.
@@ -9,6 +10,7 @@ as the model, so the metadata says how much the network adds over trivial rules.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader
 from tilesight.errors import InvalidInput
 from tilesight.model.data import IGNORE, Chip, ChipDataset, ChipSpec, cache_chips
 from tilesight.model.export import load_model
+from tilesight.model.instances import split_instances
 from tilesight.model.labels import read_labels
 from tilesight.model.metrics import (
     ClassConfusion,
@@ -27,8 +30,9 @@ from tilesight.model.metrics import (
     fit_colour_threshold,
 )
 from tilesight.model.sources import Tile, open_imagery, prepare_tiles
+from tilesight.model.unet import SegmentationModel
 from tilesight.settings import get_settings
-from tilesight.training.loop import validation_scores
+from tilesight.training.losses import segmentation_loss
 
 
 def _core(chip: Chip, spec: ChipSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,3 +151,45 @@ def score_version(
     thr = threshold if threshold is not None else meta["threshold"]
     scores = validation_scores(model, loader, spec.buffer, thr, min_area, class_names=spec.classes)
     return {**scores, "tiles": len(chips), "ignore_value": IGNORE}
+
+
+def validation_scores(
+    model: SegmentationModel,
+    loader: DataLoader,
+    buffer: int,
+    threshold: float = 0.5,
+    min_area: int = 10,
+    device: torch.device | None = None,
+    autocast: Any = None,
+    class_names: tuple[str, ...] = (),
+    class_weights: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Loss and metrics on the tile proper (context pixels are for the model only).
+
+    Buildings: pixel and object scores, objects split along the predicted border when
+    the model has that class. Multi-class: per-class IoU/F1 and their means, from the
+    argmax of the class probabilities (`class_names` given)."""
+    device = device or next(model.parameters()).device
+    metrics: SegmentationMetrics | ClassConfusion
+    metrics = ClassConfusion(class_names) if class_names else SegmentationMetrics(min_area)
+    has_border = model.config.classes > 1 and not class_names
+    losses, model_was_training = [], model.training
+    model.eval()
+    core = (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
+    with torch.inference_mode(), autocast or nullcontext():
+        for batch in loader:
+            logits = model.logits(batch["image"].to(device))
+            target = batch["target"].to(device)
+            losses.append(float(segmentation_loss(logits, target, class_weights=class_weights)))
+            if isinstance(metrics, ClassConfusion):
+                pred = logits.float().argmax(dim=1).cpu().numpy()
+                metrics.update(pred[core], batch["target"].numpy()[core])
+                continue
+            prob = torch.sigmoid(logits.float()).cpu().numpy()[core]
+            inst = batch["instances"].numpy()[core]
+            valid = batch["target"][:, 0].numpy()[core] != IGNORE
+            for p, t, v in zip(prob, inst, valid, strict=True):
+                objects = split_instances(p[0], p[1], threshold, min_area) if has_border else None
+                metrics.update(p[0] >= threshold, t, v, objects)
+    model.train(model_was_training)
+    return {"loss": float(np.mean(losses)) if losses else 0.0, **metrics.scores()}

@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from tilesight.errors import InvalidInput
 from tilesight.model.export import load_model, read_metadata
 from tilesight.model.unet import NETWORKS, SegmentationModel, UNetConfig
@@ -104,3 +106,20 @@ def build_model(
     if init_from is None:
         return model, None
     return transfer_weights(model.config, init_from, names)
+
+
+def encoder_parameters(model: SegmentationModel) -> list[nn.Parameter]:
+    """What every registered network names its encoder: frozen first in a fine-tune."""
+    params: list[nn.Parameter] = model.net.encoder_parameters()  # type: ignore[operator]
+    return params
+
+
+def batchnorms(model: SegmentationModel, encoder_only: bool) -> list[nn.Module]:
+    """The BatchNorm layers of the model, or of its encoder alone."""
+    ids = {id(p) for p in encoder_parameters(model)} if encoder_only else None
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and (ids is None or all(id(p) in ids for p in m.parameters(recurse=False)))
+    ]
