@@ -3,10 +3,14 @@ compute, and a tiny real run that exports a version Triton then serves."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
+import mercantile
 import pytest
+import shapely
+from shapely.geometry import shape
 
 from tilesight.settings import Settings
 
@@ -164,3 +168,54 @@ def test_inline_label_coordinates_must_be_finite_numbers(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"]["field"] == "labels.features[0].geometry.coordinates[0][1][0]"
+
+
+def _two_tiles_of_nairobi(settings: Settings) -> tuple[list[tuple[int, int, int]], dict]:
+    """Two neighbouring z19 chips of the demo Nairobi imagery and the footprints on them:
+    the small labelled area a user of a new place would give."""
+    folder = settings.demo_data / "buildings" / "nairobi"
+    chips = {tuple(int(v) for v in p.stem.split("-")[1:]) for p in folder.glob("OAM-*-19.png")}
+    x, y, z = next(t for t in sorted(chips) if (t[0] + 1, t[1], t[2]) in chips)
+    tiles = [(x, y, z), (x + 1, y, z)]
+    area = shapely.union_all([shapely.box(*mercantile.bounds(*t)) for t in tiles])
+    features = json.loads((folder / "labels.geojson").read_text())["features"]
+    inside = [f for f in features if shape(f["geometry"]).intersects(area)]
+    return tiles, {"type": "FeatureCollection", "features": inside}
+
+
+@pytest.mark.slow
+def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
+    api_url: str, settings: Settings
+) -> None:
+    """A user gives a source, a few buildings and the version to start from, nothing else:
+    the run picks validation for a small area itself, says what it used, and its version
+    is served beside the one it started from."""
+    tiles, labels = _two_tiles_of_nairobi(settings)
+    assert len(labels["features"]) >= 5, "the two demo tiles should hold some buildings"
+    base = httpx.get(f"{api_url}/models/buildings").json()["promoted_version"]
+    body = {"source": "nairobi", "labels": labels, "init_from_version": base}
+    created = httpx.post(f"{api_url}/training-runs", json=body)
+    assert created.status_code == 202, created.text
+    url = f"{api_url}{created.json()['url']}"
+    deadline = time.monotonic() + 480
+    while (run := httpx.get(url).json())["state"] not in ("done", "failed", "cancelled"):
+        assert time.monotonic() < deadline, run
+        time.sleep(1)
+    assert run["state"] == "done", run
+    params = run["params"]
+    assert params["epochs"] == 6 and params["lr"] == 5e-4  # the fine-tune defaults
+    assert params["freeze_encoder_epochs"] == 2 and params["freeze_batchnorm"] is True
+    validation = run["validation"]
+    assert validation and "validation split" in validation["best_epoch_chosen_on"], validation
+    version = run["result_version"]
+    meta = json.loads((settings.model_repo / "buildings" / str(version) / "metadata.json")
+                      .read_text())  # fmt: skip
+    seeded = meta["hyperparameters"]["init_from"]
+    assert seeded["version_dir"].endswith(f"buildings/{base}") and seeded["tensors_loaded"] > 0
+    ready = httpx.get(
+        f"http://{settings.triton_http_url}/v2/models/buildings/versions/{version}/ready"
+    )
+    assert ready.status_code == 200
+    x, y, z = tiles[0]
+    tile = httpx.get(f"{api_url}/predictions/buildings/nairobi/{z}/{x}/{y}.png?version={version}")
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/png", tile.text
