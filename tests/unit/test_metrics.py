@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tilesight.model.labels import IGNORE
 from tilesight.model.metrics import (
+    ClassConfusion,
     PixelCounts,
     SegmentationMetrics,
     apply_colour_threshold,
@@ -100,3 +102,26 @@ def test_colour_threshold_is_fitted_on_given_tiles() -> None:
     rule = fit_colour_threshold([image], [truth])
     assert rule["pixel_iou"] == 1.0
     assert (apply_colour_threshold(image, rule) == (truth > 0)).all()
+
+
+def test_class_confusion_exact_values() -> None:
+    true = np.array([[0, 0, 1, 1], [2, 2, IGNORE, 0]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 2, 2]])
+    confusion = ClassConfusion(("background", "building", "yard", "water"))
+    confusion.update(pred, true)
+    # rows truth, columns prediction; the IGNORE pixel (predicted yard) counts nowhere
+    expected = [[1, 1, 1, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert confusion.matrix.tolist() == expected
+    s = confusion.scores()
+    assert s["iou_background"] == pytest.approx(1 / 4)
+    assert s["iou_building"] == pytest.approx(2 / 3)
+    assert s["iou_yard"] == pytest.approx(1 / 3)
+    assert s["f1_building"] == pytest.approx(0.8) and s["f1_yard"] == pytest.approx(0.5)
+    # means over the foreground classes present: not background, not the absent water
+    assert s["pixel_iou"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert s["f1"] == pytest.approx((0.8 + 0.5) / 2)
+    assert s["accuracy"] == pytest.approx(4 / 7)
+    # a second tile adds to the same matrix
+    confusion.update(np.array([3]), np.array([3]))
+    assert confusion.scores()["iou_water"] == 1.0
+    assert confusion.scores()["pixel_iou"] == pytest.approx((2 / 3 + 1 / 3 + 1) / 3)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tilesight.errors import InvalidInput
-from tilesight.overlay import Style, hex_rgb, ramp, render, to_png
+from tilesight.overlay import Style, class_entries, hex_rgb, ramp, render, to_png
 
 BUILDING = [{"name": "building", "color": "#ff3b30"}]
 
@@ -85,3 +85,16 @@ def test_png_round_trip() -> None:
     image = render(gradient(), BUILDING, Style(), threshold=0.5)
     again = Image.open(io.BytesIO(to_png(image)))
     assert np.array_equal(np.asarray(again), np.asarray(image))
+
+
+def test_class_colours_stay_apart_on_the_map() -> None:
+    names = ("background", "building", "yard", "Water", "trees", "shed")
+    entries = class_entries(names)
+    assert [e["name"] for e in entries] == list(names)
+    colours = {e["name"]: hex_rgb(e["color"]) for e in entries}
+    assert colours["background"] == (0, 0, 0)
+    assert colours["building"] == hex_rgb("#ff3b30") and colours["Water"] == hex_rgb("#1f78b4")
+    # the spare colours given to yard and shed are unlike the known ones and each other
+    drawn = [np.array(colours[n]) for n in names[1:]]
+    gaps = [np.linalg.norm(a - b) for i, a in enumerate(drawn) for b in drawn[i + 1 :]]
+    assert min(gaps) > 100, colours
