@@ -93,7 +93,9 @@ class JobPage(BaseModel):
     offset: int
 
 
-class Evaluation(BaseModel):
+class ObjectScores(BaseModel):
+    """Buildings matched one to one at IoU >= iou_threshold (tilesight.model.metrics)."""
+
     iou_threshold: float
     labels: int
     predictions: int
@@ -101,6 +103,9 @@ class Evaluation(BaseModel):
     precision: float
     recall: float
     f1: float
+
+
+class Evaluation(ObjectScores):
     labels_source: str
 
 

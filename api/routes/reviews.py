@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.access import principal_of
 from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.routes.jobs import ObjectScores
 from api.routes.training import RunPublic
 from tilesight.jobs import retrain, reviews
 from tilesight.training.service import enqueue_run
@@ -58,17 +59,10 @@ class ReviewPage(BaseModel):
     links: dict[str, str]
 
 
-class Score(BaseModel):
+class Score(ObjectScores):
     version: int
     job: uuid.UUID = Field(description="the job whose buildings were scored")
     area: list[float] = Field(description="the reviewed area: west, south, east, north")
-    iou_threshold: float
-    labels: int
-    predictions: int
-    true_positives: int
-    precision: float
-    recall: float
-    f1: float
 
 
 class RetrainIn(BaseModel):
