@@ -49,8 +49,19 @@ class PageLog:
         if not gap:
             self.console_errors.append(f"{message.text} ({url})")
 
-    def problems(self) -> list[str]:
-        return self.console_errors + self.page_errors
+    def problems(self, refusals: tuple[tuple[int, str], ...] = ()) -> list[str]:
+        """Console errors and page errors, less Chrome's note on each response a test
+        provoked on purpose: `refusals` holds (status, part of the URL) pairs."""
+
+        def provoked(error: str) -> bool:
+            text, _, url = error.rpartition(" (")
+            url = url.removesuffix(")")
+            statuses = {r.status for r in self.responses if r.url == url}
+            return text.startswith("Failed to load resource") and any(
+                status in statuses and part in url for status, part in refusals
+            )
+
+        return [e for e in self.console_errors if not provoked(e)] + self.page_errors
 
 
 @pytest.fixture(scope="module")

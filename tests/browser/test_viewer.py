@@ -123,7 +123,7 @@ def test_draw_area_follow_job_download_and_show_buildings(  # type: ignore[no-un
     screenshot(page, "04-job-done")
 
     with page.expect_download() as download_info:
-        card.get_by_role("button", name="Download GeoJSON").click()
+        card.get_by_role("link", name="Download GeoJSON", exact=True).click()
     path = tmp_path / "buildings.geojson"
     download_info.value.save_as(path)
     collection = json.loads(path.read_text())

@@ -13,6 +13,7 @@ export class AreaDraw {
     this.map = app.map;
     this.layer = null;
     this.limits = null; // {max_area_km2, max_tiles} when the server tells us
+    this.drawing = null; // the shape this panel asked geoman for: other panels draw too
     this.map.pm.setGlobalOptions({ snappable: false, allowSelfIntersection: false });
     this.map.pm.setLang("en");
     $("#draw-rect").addEventListener("click", () => this.start("Rectangle"));
@@ -20,8 +21,12 @@ export class AreaDraw {
     $("#draw-view").addEventListener("click", () => this.useView());
     $("#draw-clear").addEventListener("click", () => this.clear());
     $("#submit-job").addEventListener("click", () => this.submit());
-    this.map.on("pm:create", (event) => this.created(event.layer));
-    this.map.on("pm:drawend", () => this.pressed(null));
+    // geoman fires pm:create before pm:drawend, so the flag still holds at creation
+    this.map.on("pm:create", (event) => this.drawing && this.created(event.layer));
+    this.map.on("pm:drawend", () => {
+      this.drawing = null;
+      this.pressed(null);
+    });
     document.addEventListener("keydown", (event) => {
       if (event.key === "Escape" && this.map.pm.globalDrawModeEnabled()) this.map.pm.disableDraw();
     });
@@ -39,6 +44,7 @@ export class AreaDraw {
       if (same) return;
     }
     this.map.pm.enableDraw(shape, { continueDrawing: false });
+    this.drawing = shape;
     this.pressed(shape);
     $("#aoi-summary").textContent =
       shape === "Rectangle"

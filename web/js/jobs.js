@@ -1,5 +1,5 @@
 // The jobs panel: every job with a live progress bar fed by its server-sent events, and
-// per job: zoom to, show buildings, cancel, download GeoJSON.
+// per job: zoom to, show buildings, review, cancel, and downloads (raw and as reviewed).
 
 import { api, download, followEvents } from "./api.js";
 import { $, fmtNumber, h, showError } from "./ui.js";
@@ -182,10 +182,9 @@ export class Jobs {
         FINAL.has(job.state)
           ? null
           : h("button", { type: "button", class: "small", onclick: (e) => this.cancel(job, e.currentTarget) }, "Cancel"),
-        SUCCESS.has(job.state)
-          ? h("button", { type: "button", class: "small", onclick: () => this.download(job) }, "Download GeoJSON")
-          : null,
+        SUCCESS.has(job.state) ? this.reviewButton(job) : null,
       ),
+      SUCCESS.has(job.state) ? this.downloads(job) : null,
       errorBox,
     );
   }
@@ -232,9 +231,57 @@ export class Jobs {
     }
   }
 
-  async download(job) {
+  reviewButton(job) {
+    const reviewing = this.app.review?.job?.id === job.id;
+    return h(
+      "button",
+      {
+        type: "button",
+        class: "small",
+        "aria-pressed": String(reviewing),
+        onclick: () => (reviewing ? this.app.review.close() : this.app.review.open(job)),
+      },
+      reviewing ? "Reviewing" : "Review",
+    );
+  }
+
+  /** Links to the buildings in each format, as the model found them and as reviewed
+   * (for JOSM: the .osm file). They are fetched, so the API key goes with them. */
+  downloads(job) {
+    const base = `jobs/${encodeURIComponent(job.id)}/buildings`;
+    const link = (ext, label, reviewed) => {
+      const href = `${base}.${ext}${reviewed ? "?reviewed=true" : ""}`;
+      const filename = `buildings-${job.id}${reviewed ? "-reviewed" : ""}.${ext}`;
+      return h(
+        "a",
+        {
+          href,
+          download: filename,
+          "aria-label": `Download ${reviewed ? "reviewed " : ""}${label}`,
+          onclick: (event) => {
+            event.preventDefault();
+            this.download(job, href, filename);
+          },
+        },
+        label,
+      );
+    };
+    const formats = [["geojson", "GeoJSON"], ["osm", "OSM"], ["gpkg", "GeoPackage"]];
+    const row = (reviewed) => formats.flatMap(([ext, label], i) => [i ? " · " : "", link(ext, label, reviewed)]);
+    return h(
+      "p",
+      { class: "meta downloads" },
+      "Download: ",
+      ...row(false),
+      h("br"),
+      "As reviewed: ",
+      ...row(true),
+    );
+  }
+
+  async download(job, path, filename) {
     try {
-      await download(`jobs/${encodeURIComponent(job.id)}/buildings.geojson`, `buildings-${job.id}.geojson`);
+      await download(path, filename);
     } catch (err) {
       this.fail(job, err);
     }

@@ -2,11 +2,14 @@
 // state (mirrored in the URL hash) and wires the panels to it.
 
 import { api, setApiKey } from "./api.js";
+import { Compare } from "./compare.js";
 import { AreaDraw } from "./draw.js";
 import { readHash, writeHash } from "./hash.js";
 import { Jobs } from "./jobs.js";
 import { buildingsLayer, imageryLayer, overlayLayer } from "./layers.js";
 import { Models } from "./models.js";
+import { Retrain } from "./retrain.js";
+import { Review } from "./review.js";
 import { $, h, showError } from "./ui.js";
 
 const L = window.L;
@@ -30,6 +33,9 @@ class App {
     this.models = new Models(this);
     this.jobs = new Jobs(this);
     this.draw = new AreaDraw(this);
+    this.review = new Review(this);
+    this.retrain = new Retrain(this);
+    this.compare = new Compare(this);
     // the limits up front, so an area that is too large is explained before it is sent
     api("/jobs/limits").then((limits) => this.draw.setLimits(limits), () => {});
     this.controls();
@@ -149,8 +155,9 @@ class App {
     return { threshold: Number($("#threshold").value) };
   }
 
-  overlayUrl() {
-    const { model, source, version, threshold } = this.state;
+  /** The overlay's URLs for the chosen version, or for `version` (the swipe's two sides). */
+  overlayUrl(version = this.state.version) {
+    const { model, source, threshold } = this.state;
     // sure hits come fully opaque; the opacity slider fades the layer in the browser,
     // so moving it costs no new tiles
     const params = new URLSearchParams({ threshold: String(threshold), opacity: "1" });
@@ -165,6 +172,7 @@ class App {
     this.overlay = null;
     const seq = (this.overlaySeq = (this.overlaySeq || 0) + 1);
     if (!this.state.overlay || !this.state.model || !this.state.source) return this.overlayHint();
+    if (this.compare?.active) return; // the swipe shows two versions instead
     if (!this.models.current()) {
       showError($("#overlay-error"), { message: `Model ${this.state.model} has no version to predict with yet.` });
       return this.overlayHint();
@@ -219,7 +227,8 @@ class App {
     this.jobOutline?.remove();
     this.buildings = null;
     this.jobOutline = null;
-    if (this.state.buildings && this.state.job) {
+    // a job under review shows its buildings as the review's editable layer instead
+    if (this.state.buildings && this.state.job && this.state.job !== this.review?.job?.id) {
       this.buildings = buildingsLayer(this.state.job, this.map).addTo(this.map);
       const bounds = this.jobs.bounds({ id: this.state.job });
       if (bounds) {

@@ -192,14 +192,19 @@ export class Models {
     list.replaceChildren(...cards);
   }
 
+  /** Read `name` and the model list again: a version was trained or promoted. */
+  async refresh(name) {
+    await this.detail(name, true);
+    this.models = asList(await api("models"), "models");
+    this.renderPanel();
+    await this.choose(this.app.state.model, this.app.state.version ?? null);
+  }
+
   async promote(name, version, button, errorBox) {
     button.disabled = true;
     try {
       await api(`models/${encodeURIComponent(name)}/versions/${version}/promote`, { method: "POST" });
-      await this.detail(name, true);
-      this.models = asList(await api("models"), "models");
-      this.renderPanel();
-      await this.choose(this.app.state.model, this.app.state.version ?? null);
+      await this.refresh(name);
     } catch (err) {
       button.disabled = false;
       showError(errorBox, err);
