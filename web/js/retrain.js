@@ -26,6 +26,11 @@ export class Retrain {
     showError($("#retrain-error"), null);
   }
 
+  /** A verdict was saved: a refusal that asked for more reviews may no longer hold. */
+  reviewsChanged() {
+    showError($("#retrain-error"), null);
+  }
+
   /** The training options the user filled in; empty fields keep the fine-tune's defaults. */
   options() {
     const body = {};

@@ -339,6 +339,7 @@ export class Review {
         const page = await api(`jobs/${encodeURIComponent(jobId)}/reviews`, { method: "POST", body: { reviews: items() } });
         if (this.job?.id !== jobId) return;
         showError($("#review-error"), null);
+        this.app.retrain.reviewsChanged();
         this.sync(page);
       } catch (err) {
         if (this.job?.id !== jobId) return;
