@@ -68,7 +68,7 @@ class Score(ObjectScores):
 class RetrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int | None = Field(None, ge=1, le=100, description="the fine-tune's default: 6")
+    epochs: int | None = Field(None, ge=1, le=100, description="the fine-tune's default: 20")
     max_steps_per_epoch: int | None = Field(None, ge=1, le=100_000)
     seed: int | None = Field(None, ge=0)
 

@@ -203,7 +203,7 @@ def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
         time.sleep(1)
     assert run["state"] == "done", run
     params = run["params"]
-    assert params["epochs"] == 6 and params["lr"] == 5e-4  # the fine-tune defaults
+    assert params["epochs"] == 20 and params["lr"] == 5e-4  # the fine-tune defaults
     assert params["freeze_encoder_epochs"] == 2 and params["freeze_batchnorm"] is True
     validation = run["validation"]
     assert validation and "validation split" in validation["best_epoch_chosen_on"], validation

@@ -5,10 +5,12 @@ configuration (`TrainingPlan.from_spec`) all derive from `TrainingSpec`.
 
 A field left unset (None) takes the default of its kind of run: a run from scratch, or a
 fine-tune (`init_from_version`, or the CLI's `--init-from`) on a small area of a new
-place, which needs few epochs at a lower learning rate, the encoder and the BatchNorm
-statistics of the base kept, the loss weighted for the few building pixels, and its best
-epoch kept (the base's own weights among the candidates) so a fine-tune never hands back
-something worse on the validation tiles than what it started from.
+place. A fine-tune needs a lower learning rate but as many epochs (a few tiles make only a
+few steps an epoch: 6 epochs left a third of Tanzania at 0.27 object F1 where 20 reached
+0.43), the encoder at first and the BatchNorm statistics of the base kept, the loss
+weighted for the few building pixels, and its best epoch kept (the base's own weights
+among the candidates) so a fine-tune never hands back something worse on the validation
+tiles than what it started from.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ FROM_SCRATCH: dict[str, Any] = {
     "tune_fraction": 0.2,
 }
 FINE_TUNE: dict[str, Any] = {
-    "epochs": 6,
+    "epochs": 20,
     "lr": 5e-4,
-    "patience": 3,
+    "patience": 8,
     "freeze_encoder_epochs": 2,
     "freeze_batchnorm": True,
     "positive_weight": "auto",
@@ -48,7 +50,7 @@ class TrainingSpec(BaseModel):
     """The hyperparameters of one run; see the module docstring for the None defaults."""
 
     epochs: int | None = Field(
-        None, ge=1, le=1000, description="passes over the training chips (20; fine-tune 6)"
+        None, ge=1, le=1000, description="passes over the training chips (20; fine-tune 20)"
     )
     batch_size: int = Field(8, ge=1, le=512)
     lr: float | None = Field(
@@ -82,7 +84,7 @@ class TrainingSpec(BaseModel):
         None,
         ge=1,
         le=1000,
-        description="early stopping: epochs without improvement (10; fine-tune 3)",
+        description="early stopping: epochs without improvement (10; fine-tune 8)",
     )
     max_steps_per_epoch: int | None = Field(
         None, ge=1, le=100_000, description="cut every epoch short (smoke tests, benchmarks)"
