@@ -191,13 +191,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(".tilesight/chips-lopo"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--keep", type=Path, help="keep each fold's model repository here (repo-<left out>/)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     places = args.places.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="lopo-") as tmp:
+        work = args.keep or Path(tmp)
         for out, train_on in folds(places):
-            row = run_fold(out, train_on, args, Path(tmp))
+            row = run_fold(out, train_on, args, work)
             rows.append(row)
             print(json.dumps(row), flush=True)
     mean = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in SCORES}
