@@ -158,11 +158,16 @@ def labels_geojson(found: Truth) -> dict[str, Any]:
 
 
 def _shape_of(settings: Settings, job: tables.Job) -> dict[str, Any]:
-    """The U-Net shape, zoom and context of the job's version: a fine-tune keeps them."""
-    meta = registry.model_metadata(settings, job.model_name, job.model_version)
+    """The network, shape, zoom and context of the job's version: a fine-tune keeps them."""
+    return shape_of(registry.model_metadata(settings, job.model_name, job.model_version))
+
+
+def shape_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields a version's metadata fixes for a run that starts from it."""
     arch = meta.get("architecture", {})
     names = [c.get("name") for c in meta.get("classes", []) if isinstance(c, dict)]
     shape = {
+        "architecture": arch.get("name"),  # absent in versions from before names: unet
         "width": arch.get("width"),
         "depth": arch.get("depth"),
         "zoom": meta.get("zoom"),
