@@ -202,8 +202,9 @@ def _touching_pairs(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 15: the promoted demo model has no border class yet; strict, so the day a "
-    "border model is promoted this must be un-marked",
+    reason="issue 15: buildings/3 has a border class, but trained on 8 Dhaka chips it "
+    "does not yet cut most touching roofs at z19; strict, so the day a model does, this "
+    "must be un-marked",
 )
 def test_touching_roofs_in_dhaka_come_out_as_separate_polygons() -> None:
     """The dense Dhaka chips (shared walls everywhere): the promoted demo model's border

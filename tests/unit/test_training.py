@@ -27,6 +27,7 @@ from tilesight.model.unet import SegmentationModel, UNetConfig
 from tilesight.training.augment import GEOMETRY_ONLY, Augment, augment, rescale
 from tilesight.training.loop import TrainConfig, train
 from tilesight.training.losses import segmentation_loss
+from tilesight.training.metadata import data_licence
 
 
 def test_chips_hold_real_pixels_and_aligned_labels(chips: list) -> None:
@@ -217,3 +218,23 @@ def test_the_same_labels_reuse_their_cached_chips(tmp_path: Path) -> None:
     again = load_footprints(DATA / "labels.geojson")  # equal polygons, new objects
     assert [c.path for c in cache_chips(reader, again, tiles, SPEC, tmp_path)] == paths
     assert len(list(tmp_path.glob("*.npz"))) == len(tiles)
+
+
+def test_a_places_own_attribution_wins_over_a_shared_readme(tmp_path: Path) -> None:
+    """A README for several places lists several credits, the first maybe another's."""
+    (tmp_path / "README.md").write_text(
+        '- Map attribution text: "Imagery: SpaceNet (CC BY-SA 4.0)".\n'
+        '- Map attribution text: "Imagery © OpenAerialMap contributors (CC BY 4.0)".\n'
+    )
+    (tmp_path / "dhaka").mkdir()
+    (tmp_path / "dhaka" / "ATTRIBUTION.md").write_text(
+        "Imagery: OAM chips.\n  Attribution: © OpenAerialMap contributors, CC BY 4.0.\n"
+        "Labels: OSM.\n  Attribution: © OpenStreetMap contributors, ODbL 1.0.\n"
+    )
+    (tmp_path / "atlanta").mkdir()
+    (tmp_path / "atlanta" / "ATTRIBUTION.md").write_text("SpaceNet, no credit line here.\n")
+    own = data_licence(tmp_path / "dhaka")
+    assert own["attribution"] == (
+        "© OpenAerialMap contributors, CC BY 4.0; © OpenStreetMap contributors, ODbL 1.0"
+    )
+    assert data_licence(tmp_path / "atlanta")["attribution"] == "Imagery: SpaceNet (CC BY-SA 4.0)"

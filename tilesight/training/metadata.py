@@ -19,8 +19,23 @@ if TYPE_CHECKING:
 
 def data_licence(imagery: Path) -> dict[str, str]:
     """Licence and attribution lines from the README that ships with the data (the
-    nearest one above the imagery), so they travel into the model metadata."""
-    for folder in [Path(imagery).resolve(), *Path(imagery).resolve().parents][:4]:
+    nearest one above the imagery), so they travel into the model metadata.
+
+    A place's own ATTRIBUTION.md comes first: a README that describes several places
+    holds several attribution lines, and its first one may be another place's."""
+    place = Path(imagery).resolve()
+    own = (place if place.is_dir() else place.parent) / "ATTRIBUTION.md"
+    credits = re.findall(r"Attribution:\s*(.+)", own.read_text()) if own.is_file() else []
+    if credits:  # else the README's lines, which name the map credit
+        text = own.read_text()
+        return {
+            "readme": str(own),
+            "attribution": "; ".join(c.strip().rstrip(".") for c in credits),
+            "licence": " ".join(ln.strip() for ln in text.splitlines() if "licen" in ln.lower())[
+                :500
+            ],
+        }
+    for folder in [place, *place.parents][:4]:
         readme = folder / "README.md"
         if readme.is_file():
             text = readme.read_text()
