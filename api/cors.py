@@ -157,7 +157,11 @@ def _head_sender(send: Send) -> Send:
         if message["type"] == "http.response.start":
             start = message
             if "text/event-stream" in Headers(scope=message).get("content-type", ""):
-                await send(start)  # never ends: headers now, no body
+                # a stream may never end: headers now and the response closed, so the
+                # connection serves the next request (the server then tells the stream
+                # the client is gone, and it stops)
+                await send(start)
+                await send({"type": "http.response.body", "body": b""})
                 start = None
             return
         if message["type"] != "http.response.body" or start is None:

@@ -80,10 +80,15 @@ def ramp(name: str, values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
+#: Classes a model predicts but the map does not draw: the background, and the thin band
+#: between touching roofs that a building model learns only to cut them apart.
+HIDDEN_NAMES = BACKGROUND_NAMES | {"border"}
+
+
 def foreground(classes: list[dict[str, Any]]) -> list[int]:
-    """Indices of the classes worth drawing (not the background)."""
+    """Indices of the classes worth drawing (not the background, not the border band)."""
     picked = [
-        i for i, c in enumerate(classes) if str(c.get("name", "")).lower() not in BACKGROUND_NAMES
+        i for i, c in enumerate(classes) if str(c.get("name", "")).lower() not in HIDDEN_NAMES
     ]
     return picked or list(range(len(classes)))
 

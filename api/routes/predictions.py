@@ -166,10 +166,7 @@ def tilejson(
     maxzoom = max(source.maxzoom, minzoom)
     lon, lat = source.center
     # the imagery's credit is on the imagery layer; the overlay credits its training data
-    training = meta.get("training_data")
-    credit = training.get("attribution", "") if isinstance(training, dict) else ""
-    if credit and credit in source.attribution:
-        credit = ""  # trained on this very imagery: its credit is on the map already
+    credit = "; ".join(c for c in training_credits(meta) if c not in source.attribution)
     document = TileJSON(
         name=f"{layer.model} v{layer.version} over {source.name}",
         description=f"{layer.model} predictions (native zoom {meta['zoom']})",
@@ -183,3 +180,14 @@ def tilejson(
     )
     cache = TILEJSON_CACHE if layer.pinned else CACHE_PROMOTED
     return json_with_etag(request, document, cache)
+
+
+def training_credits(meta: dict[str, Any]) -> list[str]:
+    """Each place's credit once, in training order. A credit the imagery layer already
+    shows (the model was trained on this very imagery) is left to that layer."""
+    training = meta.get("training_data")
+    if not isinstance(training, dict):
+        return []
+    per_source = [p.get("attribution", "") for p in training.get("per_source") or []]
+    credits = [c for c in per_source if c] or [training.get("attribution", "")]
+    return [c for i, c in enumerate(credits) if c and c not in credits[:i]]

@@ -82,7 +82,8 @@ def test_triton_serves_onnx_runtime_with_pytorch_answers(
     version, batch = windows
     got = served(settings, MODEL, version, batch)
     expected = pytorch(settings, version, batch)
-    assert got.shape == expected.shape == (2, 1, *batch.shape[2:])
+    classes = len(model_metadata(settings, MODEL, version)["classes"])
+    assert got.shape == expected.shape == (2, classes, *batch.shape[2:])
     assert np.abs(got - expected).max() <= TOL
     assert not np.allclose(got[0], got[1])  # two tiles, two answers, in request order
     assert runtime_logged(settings, MODEL, version) == "onnxruntime"

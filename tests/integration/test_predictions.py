@@ -4,8 +4,9 @@ Tolerances: Triton returns fp16, so a probability differs from the same weights 
 in PyTorch by at most half an fp16 step (2.5e-4) plus the 8-bit grey rounding of the
 PNG (0.5/255): pixels must agree within 2/255. Seams: the probabilities in the eight
 columns either side of the edge two neighbouring tiles share must match one large
-window around both within SEAM_TOL = 0.01 (measured with the demo model and 64 px of
-context: 0.002; with the model's own 32 px it was 0.033, which this test rejects).
+window around both within SEAM_TOL = 0.02, five grey levels (measured with 64 px of
+context: 0.002 for buildings/2, 0.012 for buildings/3; with the model's own 32 px
+buildings/2 was at 0.033, which this test rejects).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tilesight.db import make_engine, make_sessionmaker
 from tilesight.imagery.reader import read_tile
 from tilesight.imagery.sources import SourceInfo, get_source
 from tilesight.model.export import load_model
+from tilesight.overlay import foreground
 from tilesight.predict import PredictContext, context_px, predict_tile
 from tilesight.registry import model_metadata, resolve_version
 from tilesight.settings import Settings
@@ -37,7 +39,7 @@ SOURCE = "tanzania"
 # a 3x3 block of z19 chips with imagery all round (data/demo/buildings/tanzania)
 X, Y, Z = 319295, 270961, 19
 PIXEL_TOL = 2 / 255
-SEAM_TOL = 0.01
+SEAM_TOL = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +61,17 @@ def grey(response: httpx.Response) -> np.ndarray:
 
 
 def direct(settings: Settings, version: int, image: np.ndarray) -> np.ndarray:
-    """The same weights run in this process: [C, H, W] probabilities of a uint8 window."""
-    model, _ = load_model(settings.model_repo / MODEL / str(version))
+    """The same weights run in this process, as the probability mode draws them: the
+    highest drawn class's probability ([H, W]) of a uint8 window (a border model's border
+    class is drawn beside its buildings)."""
+    model, meta = load_model(settings.model_repo / MODEL / str(version))
     with torch.inference_mode():
-        return model(torch.from_numpy(image[None]))[0].numpy()
+        probs = model(torch.from_numpy(image[None]))[0].numpy()
+    return drawn(probs, meta)
+
+
+def drawn(probs: np.ndarray, meta: dict) -> np.ndarray:
+    return probs[foreground(meta["classes"])].max(axis=0)
 
 
 def forget(settings: Settings, x: int, y: int, z: int) -> None:
@@ -86,7 +95,7 @@ def test_tile_matches_pytorch_on_the_same_window(
     source, version, meta = served
     buffer = context_px(settings, meta)
     window = read_tile(source, X, Y, Z, tilesize=256, buffer=buffer, settings=settings)
-    expected = direct(settings, version, window.data)[0, buffer:-buffer, buffer:-buffer]
+    expected = direct(settings, version, window.data)[buffer:-buffer, buffer:-buffer]
     got = grey(httpx.get(url(api_url, X, Y, Z), params={"mode": "probability"}, timeout=60))
     assert got.shape == (256, 256)
     assert np.abs(got - expected).max() <= PIXEL_TOL
@@ -109,7 +118,7 @@ def test_neighbours_agree_along_their_shared_edge(
     # one window spanning both tiles with the same context on its outer sides
     o = 256 + context_px(settings, meta)  # tile X starts here in the big window
     big = read_tile(source, X, Y, Z, tilesize=256, buffer=o, settings=settings)
-    probs = direct(settings, version, big.data)[0]
+    probs = direct(settings, version, big.data)
     # the eight columns each side of the shared edge, from the tiles and from the window
     ref_left, ref_right = (
         probs[o : o + 256, o + 248 : o + 256],
@@ -236,4 +245,7 @@ def test_single_flight_across_processes(
     before = asyncio.run(_triton_runs(settings, version))
     response, probs = asyncio.run(both())
     assert asyncio.run(_triton_runs(settings, version)) == before + 1
-    assert np.abs(grey(response) - probs[0]).max() <= PIXEL_TOL
+    assert (
+        np.abs(grey(response) - drawn(probs, model_metadata(settings, MODEL, version))).max()
+        <= PIXEL_TOL
+    )

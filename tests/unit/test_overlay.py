@@ -98,3 +98,13 @@ def test_class_colours_stay_apart_on_the_map() -> None:
     drawn = [np.array(colours[n]) for n in names[1:]]
     gaps = [np.linalg.norm(a - b) for i, a in enumerate(drawn) for b in drawn[i + 1 :]]
     assert min(gaps) > 100, colours
+
+
+def test_a_border_model_draws_its_buildings_not_the_band_between_them() -> None:
+    """The border class only cuts touching roofs apart; the map shows buildings."""
+    classes = class_entries((), border=True)
+    probs = np.zeros((2, 4, 4), np.float32)
+    probs[0, :, :2] = 0.9  # buildings on the left
+    probs[1, :, 2:] = 0.8  # a border band on the right
+    grey = np.asarray(render(probs, classes, Style(mode="probability"), 0.5))
+    assert (grey[:, :2] == 230).all() and (grey[:, 2:] == 0).all()

@@ -16,7 +16,8 @@ function metaOf(version) {
   return version.metadata || version.meta || {};
 }
 
-const BACKGROUND = new Set(["background", "bg", "none", "nodata"]); // as tilesight/overlay.py
+// not drawn, so not listed: as HIDDEN_NAMES in tilesight/overlay.py
+const BACKGROUND = new Set(["background", "bg", "none", "nodata", "border"]);
 const HEADLINE = ["f1", "precision", "recall", "iou", "pixel_iou", "object_f1", "object_precision", "object_recall"];
 
 /** The headline numbers of a metrics object, best known first (losses, epochs and nested
