@@ -202,9 +202,9 @@ def _touching_pairs(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 15: buildings/3 has a border class, but trained on 8 Dhaka chips it "
-    "does not yet cut most touching roofs at z19; strict, so the day a model does, this "
-    "must be un-marked",
+    reason="issue 15: no shipped model cuts Dhaka's touching roofs yet (a border-class "
+    "model trained on all four places left 48 of 49 pairs merged, and lost the "
+    "leave-one-place-out rule, so buildings/3 has none); strict: un-mark it when one does",
 )
 def test_touching_roofs_in_dhaka_come_out_as_separate_polygons() -> None:
     """The dense Dhaka chips (shared walls everywhere): the promoted demo model's border
