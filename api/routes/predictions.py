@@ -166,7 +166,10 @@ def tilejson(
     maxzoom = max(source.maxzoom, minzoom)
     lon, lat = source.center
     # the imagery's credit is on the imagery layer; the overlay credits its training data
-    credit = "; ".join(c for c in training_credits(meta) if c not in source.attribution)
+    shown = source.attribution.strip()
+    credit = "; ".join(
+        c for c in training_credits(meta) if not shown or (c not in shown and shown not in c)
+    )
     document = TileJSON(
         name=f"{layer.model} v{layer.version} over {source.name}",
         description=f"{layer.model} predictions (native zoom {meta['zoom']})",
@@ -183,8 +186,9 @@ def tilejson(
 
 
 def training_credits(meta: dict[str, Any]) -> list[str]:
-    """Each place's credit once, in training order. A credit the imagery layer already
-    shows (the model was trained on this very imagery) is left to that layer."""
+    """Each place's credit once, in training order. The caller leaves out a credit that
+    overlaps the imagery layer's own (trained on this very imagery, or the same
+    provider named shorter), so a map shows it once."""
     training = meta.get("training_data")
     if not isinstance(training, dict):
         return []
