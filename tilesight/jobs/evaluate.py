@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from tilesight import tables
 from tilesight.errors import NotFound
+from tilesight.model.metrics import greedy_matches
 from tilesight.model.sources import load_footprints
 from tilesight.settings import Settings
 
@@ -64,13 +65,7 @@ def match(
             iou = p.intersection(label).area / union if union else 0.0
             if iou >= iou_threshold:
                 pairs.append((iou, i, int(j)))
-    used_p: set[int] = set()
-    used_l: set[int] = set()
-    for _iou, i, j in sorted(pairs, reverse=True):
-        if i not in used_p and j not in used_l:
-            used_p.add(i)
-            used_l.add(j)
-    tp = len(used_p)
+    tp = greedy_matches(pairs)
     precision = tp / len(predictions) if predictions else 0.0
     recall = tp / len(labels) if labels else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
