@@ -33,17 +33,13 @@ Run:
 
 Review seconds are the API calls a reviewer's client makes (read the buildings, save the
 verdicts), not a person's time at the map; retrain seconds run from the POST to the
-finished run; the round is the two. Two things in the API path shape the figure, and
-the bench reports both rather than hiding them:
-
-- POST /jobs/{id}/retrain refuses a base that is not a plain `unet` (it passes the
-  base's width and depth but not its architecture's name). The bench then starts the
-  same fine-tune with POST /training-runs, and prints the refusal.
-- The retrain's area is the bounding box of the reviewed outlines, and training reads
-  every imagery tile of the source in that box, reviewed or not, as labelled: a third
-  that is not one rectangle (or a mosaic with imagery beyond the chips) adds unreviewed
-  tiles as background. The bench prints the new version's train/validation tile counts
-  and how many scored tiles of the rest lie in the box.
+finished run; the round is the two. One thing in the API path shapes the figure, and
+the bench reports it rather than hiding it: the retrain's area is the bounding box of
+the reviewed outlines, and training reads every imagery tile of the source in that box,
+reviewed or not, as labelled. A third that is not one rectangle (or a mosaic with
+imagery beyond the chips) adds unreviewed tiles as background. The bench prints the new
+version's train/validation tile counts and how many scored tiles of the rest lie in the
+box.
 """
 
 from __future__ import annotations
@@ -67,7 +63,7 @@ import shapely
 from lopo import DATA, PLACES, thirds
 from shapely.geometry import mapping, shape
 
-from tilesight.jobs.evaluate import IOU_THRESHOLD, clip_labels, footprints_4326
+from tilesight.jobs.evaluate import clip_labels, footprints_4326, polygon_pairs
 from tilesight.jobs.plan import geodesic_area_km2
 from tilesight.model.sources import Tile, load_footprints, open_imagery, prepare_tiles
 from tilesight.registry import link_backend
@@ -197,25 +193,6 @@ def evaluation(client: httpx.Client, job_id: str) -> dict[str, Any]:
 # -- the reviewer ---------------------------------------------------------------------
 
 
-def one_to_one(predictions: list[shapely.Geometry], labels: list[shapely.Geometry]) -> dict:
-    """Prediction index -> label index, greedy on IoU >= 0.5, best first: the rule of
-    tilesight.jobs.evaluate.match, which counts the pairs but does not return them."""
-    tree = shapely.STRtree(labels)
-    pairs = []
-    for i, p in enumerate(predictions):
-        for j in tree.query(p, predicate="intersects"):
-            label = labels[int(j)]
-            union = p.union(label).area
-            iou = p.intersection(label).area / union if union else 0.0
-            if iou >= IOU_THRESHOLD:
-                pairs.append((iou, i, int(j)))
-    matched: dict[int, int] = {}
-    for _iou, i, j in sorted(pairs, reverse=True):
-        if i not in matched and j not in matched.values():
-            matched[i] = j
-    return matched
-
-
 def drawable(geom: shapely.Geometry) -> bool:
     """What the review route accepts as a drawn outline (a valid polygon of >= 1 m²)."""
     return geom.is_valid and geodesic_area_km2(geom) * 1e6 >= MIN_OUTLINE_M2
@@ -227,7 +204,7 @@ def verdicts(
     """The reviews a careful reviewer sends, and how many missed labels could not be
     drawn (slivers left by cutting a label to the area)."""
     predictions = [shape(f["geometry"]) for f in features]
-    matched = one_to_one(predictions, labels)
+    matched = polygon_pairs(predictions, labels)
     items = [
         {"building_id": f["id"], "verdict": "correct" if i in matched else "wrong"}
         for i, f in enumerate(features)
@@ -272,55 +249,12 @@ def review(
 # -- the retrain ----------------------------------------------------------------------
 
 
-def start_retrain(client: httpx.Client, job_id: str, source: str) -> tuple[dict, str | None]:
-    """POST /jobs/{id}/retrain with no body. Where the route refuses the job's version
-    because it asks for another architecture (it passes width and depth but not the
-    network's name), start the same fine-tune with POST /training-runs: the reviewed
-    buildings as labels, the wrong ones as building=no, exactly what the route builds,
-    and the base's architecture. Returns the run and the refusal that was worked around."""
+def start_retrain(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """POST /jobs/{id}/retrain with no body: the fine-tune defaults, as the viewer sends."""
     r = client.post(f"/jobs/{job_id}/retrain")
-    if r.status_code == 202:
-        return dict(r.json()), None
-    refusal = r.json().get("error", r.text)
-    if r.status_code != 400 or "architecture" not in refusal:
-        raise SystemExit(f"POST /jobs/{job_id}/retrain: {r.status_code} {refusal}")
-    r = client.post("/training-runs", json=retrain_request(client, job_id, source))
-    r.raise_for_status()
-    return dict(r.json()), refusal
-
-
-def retrain_request(client: httpx.Client, job_id: str, source: str) -> dict[str, Any]:
-    """The body tilesight.jobs.retrain.create_retrain builds, from what the API shows."""
-    reviewed = client.get(f"/jobs/{job_id}/buildings.geojson", params={"reviewed": "true"})
-    raw = client.get(f"/jobs/{job_id}/buildings.geojson").json()["features"]
-    wrong = {
-        r["building_id"]
-        for r in client.get(f"/jobs/{job_id}/reviews").json()["reviews"]
-        if r["verdict"] == "wrong"
-    }
-    features = [
-        {"type": "Feature", "properties": {"building": "yes"}, "geometry": f["geometry"]}
-        for f in reviewed.json()["features"]
-    ] + [
-        {"type": "Feature", "properties": {"building": "no", "review": "wrong"},
-         "geometry": f["geometry"]}
-        for f in raw if f["id"] in wrong
-    ]  # fmt: skip
-    job = client.get(f"/jobs/{job_id}").json()
-    meta = version_metadata(client, job["model"], job["version"])
-    arch = meta.get("architecture", {})
-    return {
-        "model": job["model"],
-        "source": source,
-        "labels": {"type": "FeatureCollection", "features": features},
-        "init_from_version": job["version"],
-        "architecture": arch.get("name", "unet"),
-        "width": arch["width"],
-        "depth": arch["depth"],
-        "zoom": meta["zoom"],
-        "buffer": meta["buffer"],
-        "border": any(c.get("name") == "border" for c in meta.get("classes", [])),
-    }
+    if r.status_code != 202:
+        raise SystemExit(f"POST /jobs/{job_id}/retrain: {r.status_code} {r.text}")
+    return dict(r.json())
 
 
 def version_metadata(client: httpx.Client, model: str, version: int) -> dict[str, Any]:
@@ -370,7 +304,7 @@ def run_round(client: httpx.Client, place: str, load: LoadMeter) -> dict[str, An
 
     reviewed = review(client, review_id, part_area, labels)
     t = time.perf_counter()
-    run, refusal = start_retrain(client, review_id, source)
+    run = start_retrain(client, review_id)
     run = wait_run(client, run, load)
     retrain_s = time.perf_counter() - t
     version = int(run["result_version"])
@@ -386,7 +320,6 @@ def run_round(client: httpx.Client, place: str, load: LoadMeter) -> dict[str, An
         **reviewed,
         "retrain_s": round(retrain_s, 1),
         "round_s": round(reviewed["review_api_s"] + retrain_s, 1),
-        "retrain_refusal_worked_around": refusal,
         "run": {k: run.get(k) for k in ("id", "epoch", "epochs", "validation", "result_version")},
         "new_version": version,
         "retrain_split": trained_on,
@@ -425,8 +358,6 @@ def print_table(r: dict[str, Any], load: dict[str, float]) -> None:
         f"is {r['review_tiles']} tiles, and {r['rest_tiles_in_reviewed_box']} scored tiles "
         "of the rest lie in the reviewed box"
     )
-    if r["retrain_refusal_worked_around"]:
-        print(f"POST /retrain refused, worked around: {r['retrain_refusal_worked_around']}")
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from tilesight import tables
 from tilesight.errors import NotFound
-from tilesight.model.metrics import greedy_matches
+from tilesight.model.metrics import greedy_pairs
 from tilesight.model.sources import load_footprints
 from tilesight.settings import Settings
 
@@ -53,19 +53,26 @@ def footprints_4326(path: Path) -> list[Polygon]:
     return [shapely.transform(g, transform) for g in load_footprints(path)]
 
 
-def match(
+def polygon_pairs(
     predictions: list[Polygon], labels: list[Polygon], iou_threshold: float = IOU_THRESHOLD
-) -> dict[str, Any]:
+) -> dict[int, int]:
+    """Prediction index -> label index, matched one to one at IoU >= iou_threshold."""
     tree = shapely.STRtree(labels)
-    pairs: list[tuple[float, int, int]] = []
+    candidates: list[tuple[float, int, int]] = []
     for i, p in enumerate(predictions):
         for j in tree.query(p, predicate="intersects"):
             label = labels[int(j)]
             union = p.union(label).area
             iou = p.intersection(label).area / union if union else 0.0
             if iou >= iou_threshold:
-                pairs.append((iou, i, int(j)))
-    tp = greedy_matches(pairs)
+                candidates.append((iou, i, int(j)))
+    return greedy_pairs(candidates)
+
+
+def match(
+    predictions: list[Polygon], labels: list[Polygon], iou_threshold: float = IOU_THRESHOLD
+) -> dict[str, Any]:
+    tp = len(polygon_pairs(predictions, labels, iou_threshold))
     precision = tp / len(predictions) if predictions else 0.0
     recall = tp / len(labels) if labels else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

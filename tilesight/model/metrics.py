@@ -100,20 +100,21 @@ def match_objects(
         iou = n / (pa[p] + ta[t] - n)
         if iou >= iou_threshold:
             candidates.append((iou, p, t))
-    tp = greedy_matches(candidates)
+    tp = len(greedy_pairs(candidates))
     return tp, len(p_ids) - tp, len(t_ids) - tp
 
 
-def greedy_matches(candidates: list[tuple[float, int, int]]) -> int:
-    """How many one-to-one pairs (iou, prediction, label) make, best IoU first: the
-    matching of SpaceNet's object F1, for instance maps here and polygons in jobs."""
-    used_p: set[int] = set()
-    used_t: set[int] = set()
+def greedy_pairs(candidates: list[tuple[float, int, int]]) -> dict[int, int]:
+    """Prediction -> label, one to one, from (iou, prediction, label) candidates taken
+    best IoU first: the matching of SpaceNet's object F1, for instance maps here and
+    polygons in jobs."""
+    pairs: dict[int, int] = {}
+    used: set[int] = set()
     for _, p, t in sorted(candidates, reverse=True):
-        if p not in used_p and t not in used_t:
-            used_p.add(p)
-            used_t.add(t)
-    return len(used_p)
+        if p not in pairs and t not in used:
+            pairs[p] = t
+            used.add(t)
+    return pairs
 
 
 @dataclass
