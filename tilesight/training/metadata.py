@@ -25,15 +25,14 @@ def data_licence(imagery: Path) -> dict[str, str]:
     holds several attribution lines, and its first one may be another place's."""
     place = Path(imagery).resolve()
     own = (place if place.is_dir() else place.parent) / "ATTRIBUTION.md"
-    credits = re.findall(r"Attribution:\s*(.+)", own.read_text()) if own.is_file() else []
+    text = own.read_text() if own.is_file() else ""
+    credits = re.findall(r"Attribution:\s*(.+)", text)
     if credits:  # else the README's lines, which name the map credit
-        text = own.read_text()
+        licence = [ln.strip() for ln in text.splitlines() if "licen" in ln.lower()]
         return {
             "readme": str(own),
             "attribution": "; ".join(c.strip().rstrip(".") for c in credits),
-            "licence": " ".join(ln.strip() for ln in text.splitlines() if "licen" in ln.lower())[
-                :500
-            ],
+            "licence": " ".join(licence)[:500],
         }
     for folder in [place, *place.parents][:4]:
         readme = folder / "README.md"

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tilesight.errors import InvalidInput
 from tilesight.model.data import IGNORE, Chip, ChipDataset, ChipSpec, cache_chips
 from tilesight.model.export import load_model
-from tilesight.model.instances import split_instances
+from tilesight.model.instances import border_channel, split_instances
 from tilesight.model.labels import read_labels
 from tilesight.model.metrics import (
     ClassConfusion,
@@ -135,7 +135,7 @@ def score_version(
     spec = ChipSpec(
         zoom=meta["zoom"], tile_size=meta["tile_size"], buffer=meta["buffer"], jitter=0,
         classes=tuple(c["name"] for c in meta["classes"]) if multiclass else (),
-        border=not multiclass and any(c["name"] == "border" for c in meta["classes"]),
+        border=not multiclass and border_channel(meta["classes"], model.config.classes) is not None,
         class_property=chips_meta.get("class_property", "class"),
         ignore_value=chips_meta.get("ignore_value"),
     )  # fmt: skip
