@@ -29,6 +29,7 @@ from tilesight.jobs import export
 from tilesight.jobs.evaluate import match
 from tilesight.jobs.reviews import visible_job
 from tilesight.keys import Principal, owner_filter
+from tilesight.model.instances import border_channel
 from tilesight.settings import Settings
 from tilesight.training.service import create_run
 from tilesight.training.spec import RunRequest
@@ -165,14 +166,14 @@ def _shape_of(settings: Settings, job: tables.Job) -> dict[str, Any]:
 def shape_of(meta: dict[str, Any]) -> dict[str, Any]:
     """The spec fields a version's metadata fixes for a run that starts from it."""
     arch = meta.get("architecture", {})
-    names = [c.get("name") for c in meta.get("classes", []) if isinstance(c, dict)]
+    classes = [c for c in meta.get("classes", []) if isinstance(c, dict)]
     shape = {
         "architecture": arch.get("name"),  # absent in versions from before names: unet
         "width": arch.get("width"),
         "depth": arch.get("depth"),
         "zoom": meta.get("zoom"),
         "buffer": meta.get("buffer"),
-        "border": "border" in names or None,
+        "border": border_channel(classes, len(classes)) is not None or None,
     }
     return {k: v for k, v in shape.items() if v is not None}
 
