@@ -13,6 +13,11 @@ tiles/s and p50/p99 latency on loopback for
 - triton torch: the Triton column again for a twin model `<model>-torch` holding the
             same versions without model.onnx, so the backend runs PyTorch eager: the
             ONNX Runtime / PyTorch ratio of the served model, measured in the same run
+- triton block: the model step as the API now runs it, one window per block of
+            `prediction_block` x `prediction_block` tiles (`tilesight.predict`), counted
+            in tiles: against "triton torch" (one tile per window, PyTorch eager, as the
+            backend ran before) it is the model step's speed-up
+- cold per tile: the cold column with `prediction_block` 1 (each tile its own window)
 - triton vN: the Triton column for an older version (`--against`, default the one before
             the promoted one), so a new architecture's CPU latency is a ratio against
             the model it replaces, from the same server in the same run
@@ -145,6 +150,19 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
         await triton.infer(args.model, windows[i % len(windows)], str(version))
         return True
 
+    n = settings.prediction_block
+    blocks = sorted({(x - x % n, y - y % n) for x, y in tiles})
+    block_windows = [
+        read_tile(source, x, y, z, tilesize=256, buffer=buffer, block=n, settings=settings).data[
+            None
+        ]
+        for x, y in blocks
+    ]
+
+    async def direct_block(i: int) -> bool:
+        await triton.infer(args.model, block_windows[i % len(block_windows)], str(version))
+        return True
+
     async def direct_torch(i: int) -> bool:
         await triton.infer(torch_twin(args.model), windows[i % len(windows)], str(version))
         return True
@@ -176,6 +194,7 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
         "input": [3, size, size],
         "gflops_per_tile": round(flops / 1e9, 2),
         "tiles": len(tiles),
+        "block": n,
         "requests": args.requests,
         "rows": [],
     }
@@ -201,6 +220,13 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
             row["onnx_vs_torch"] = round(
                 row["triton"]["tiles_per_s"] / row["triton_torch"]["tiles_per_s"], 2
             )
+            row["triton_block"] = await measure(direct_block, max(args.requests // n**2, c), c)
+            row["triton_block"]["tiles_per_s"] = round(row["triton_block"]["tiles_per_s"] * n**2, 2)
+            # the model step now (ONNX Runtime, one window per block) against before
+            # (PyTorch eager, one window per tile), in tiles/s
+            row["step_vs_before"] = round(
+                row["triton_block"]["tiles_per_s"] / row["triton_torch"]["tiles_per_s"], 2
+            )
             row["triton_against"] = await measure(direct_against, args.requests, c)
             # how many times the reference's tiles/s: above 1 the new version is slower
             row["latency_vs_against"] = round(
@@ -208,21 +234,23 @@ async def run(args: argparse.Namespace, settings: Settings, stack: Stack) -> dic
             )
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
-    # cold: the API again with the cache off, so every request runs the model
+    # cold: the API again with the cache off, so every request runs the model; once with
+    # blocks and once with one window per tile, as before blocks
     api = stack.component("api")
     stack.stop_component(api)
-    cold_settings = Settings(**{**settings.model_dump(), "prediction_cache": False})
-    cold_stack = Stack(cold_settings, components=["api"])
-    cold_stack.start_component(cold_stack.component("api"))
-    try:
-        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-            await client.get(preds[0])
-            for row in results["rows"]:
-                c = row["concurrency"]
-                row["cold"] = await measure(http_call(client, preds), args.requests, c)
-                print(json.dumps({"concurrency": c, "cold": row["cold"]}), flush=True)
-    finally:
-        cold_stack.stop_component(cold_stack.component("api"))
+    for column, block in (("cold", n), ("cold_per_tile", 1)):
+        overrides = {"prediction_cache": False, "prediction_block": block}
+        cold_stack = Stack(Settings(**{**settings.model_dump(), **overrides}), components=["api"])
+        cold_stack.start_component(cold_stack.component("api"))
+        try:
+            async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+                await client.get(preds[0])
+                for row in results["rows"]:
+                    c = row["concurrency"]
+                    row[column] = await measure(http_call(client, preds), args.requests, c)
+                    print(json.dumps({"concurrency": c, column: row[column]}), flush=True)
+        finally:
+            cold_stack.stop_component(cold_stack.component("api"))
     stack.start_component(api)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         for url in preds:  # fill the cache
@@ -281,17 +309,20 @@ def table(results: dict[str, Any]) -> str:
         f"{results['cpus']} CPUs; {results['against']}: "
         f"{results['against_gflops_per_tile']} GFLOP/tile",
         "| concurrency | imagery tiles/s (p50/p99 ms) | Triton direct | Triton, torch backend "
-        f"| API cold (no cache) | API warm (cached) | cold / Triton | Triton {results['against']} "
-        "| latency vs it |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| Triton, blocks of {results['block']} | step vs before | API cold (no cache) "
+        "| API cold, a window per tile | API warm (cached) | cold / Triton "
+        f"| Triton {results['against']} | latency vs it |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    keys = ("imagery", "triton", "triton_torch", "triton_block", "cold", "cold_per_tile")
     for row in results["rows"]:
         cells = [
             f"{row[k]['tiles_per_s']} ({row[k]['p50_ms']}/{row[k]['p99_ms']})"
             + (f" {row[k]['errors']} failed" if row[k]["errors"] else "")
-            for k in ("imagery", "triton", "triton_torch", "cold", "warm", "triton_against")
+            for k in (*keys, "warm", "triton_against")
         ]
-        cells.insert(5, str(row["cold_vs_triton"]))
+        cells.insert(4, str(row["step_vs_before"]))
+        cells.insert(8, str(row["cold_vs_triton"]))
         lines.append(
             f"| {row['concurrency']} | " + " | ".join(cells) + f" | {row['latency_vs_against']} |"
         )

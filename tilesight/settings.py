@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     tile_cache_ttl_s: int = 24 * 3600
     prediction_cache: bool = Field(True, description="keep prediction probabilities in Redis")
     prediction_context_px: int = Field(64, description="imagery read around a tile to predict it")
+    prediction_block: int = Field(
+        2,
+        description="native tiles per side the model predicts in one window (1, 2, 4 or 8): "
+        "the context is read and inferred once per block, not once per tile",
+    )
     upload_max_bytes: int = 512 * 1024 * 1024
     source_max_pixels: int = Field(
         2**29,
@@ -127,6 +132,14 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("prediction_block")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        """A block is the tile some zooms up, so its side must be a power of two."""
+        if value not in (1, 2, 4, 8):
+            raise ValueError("prediction_block must be 1, 2, 4 or 8")
         return value
 
     @model_validator(mode="after")

@@ -78,8 +78,12 @@ class TritonPythonModel:
     @torch.inference_mode()
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         if self.session is not None:
-            (probability,) = self.session.run(None, {"image": batch.contiguous().numpy()})
-            return torch.from_numpy(probability).half()
+            # one window at a time: on CPU a batch is no faster per window, and 32 windows
+            # of a block at once spill the caches (bench/predictions.py, concurrency 32)
+            return torch.cat([
+                torch.from_numpy(self.session.run(None, {"image": one.numpy()})[0]).half()
+                for one in batch.contiguous().split(1)
+            ])  # fmt: skip
         batch = batch.to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=torch.channels_last)
         if self.autocast:

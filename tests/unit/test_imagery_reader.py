@@ -76,3 +76,21 @@ def test_encode_keeps_transparency(source: SourceInfo) -> None:
     tile.mask[:10] = False
     for fmt in ("png", "webp", "jpg"):
         assert len(encode(tile, fmt)) > 100
+
+
+def test_block_is_one_window_over_its_tiles(source: SourceInfo) -> None:
+    """A block read serves the block's four tiles from one window: each quarter holds
+    the pixels of that tile read alone, and any of the four names the same block."""
+    x, y, z = TILE
+    x0, y0 = x & ~1, y & ~1
+    block = read_tile(source, x0 + 1, y0, z, buffer=64, block=2, settings=SETTINGS)
+    assert block.data.shape == (3, 640, 640) and block.mask.shape == (640, 640)
+    same = read_tile(source, x0, y0 + 1, z, buffer=64, block=2, settings=SETTINGS)
+    assert (same.data == block.data).all()
+    for i, j in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+        alone = read_tile(source, x0 + i, y0 + j, z, settings=SETTINGS)
+        part = block.data[:, 64 + 256 * j : 320 + 256 * j, 64 + 256 * i : 320 + 256 * i]
+        valid = alone.mask & block.mask[64 + 256 * j : 320 + 256 * j, 64 + 256 * i : 320 + 256 * i]
+        assert np.abs(part.astype(int) - alone.data)[:, valid].mean() < 1.0
+    with pytest.raises(ValueError):
+        read_tile(source, x, y, z, block=3, settings=SETTINGS)

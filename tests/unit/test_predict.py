@@ -12,6 +12,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import mercantile
 import numpy as np
 import pytest
 import torch
@@ -34,12 +35,17 @@ def painted(x: int, y: int, z: int, tilesize: int, buffer: int) -> np.ndarray:
     return (np.mod(rows[:, None] * 3 + cols[None, :] * 7, 251) / 250.0).astype(np.float32)
 
 
-def fake_read_tile(source, x, y, z, *, tilesize=256, buffer=0, settings=None):
+def fake_read_tile(source, x, y, z, *, tilesize=256, buffer=0, settings=None, block=1):
+    """The window of x/y's block, with no pixels west of X0 or north of Y0."""
     if x < X0 or y < Y0:
         raise NotFound("outside")
-    value = painted(x, y, z, tilesize, buffer)
+    x0, y0 = x - x % block, y - y % block
+    cols = np.arange(x0 * tilesize - buffer, (x0 + block) * tilesize + buffer)
+    rows = np.arange(y0 * tilesize - buffer, (y0 + block) * tilesize + buffer)
+    value = (np.mod(rows[:, None] * 3 + cols[None, :] * 7, 251) / 250.0).astype(np.float32)
     data = np.repeat((value * 250).round().astype(np.uint8)[None], 3, axis=0)
-    return TileArray(data, np.ones(value.shape, dtype=bool))
+    mask = (rows[:, None] >= Y0 * tilesize) & (cols[None, :] >= X0 * tilesize)
+    return TileArray(data, mask)
 
 
 class FakeTriton:
@@ -73,7 +79,9 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> predict.PredictConte
     return predict.PredictContext(settings, FakeTriton(), None)  # type: ignore[arg-type]
 
 
-SOURCE = SourceInfo("s", "s", "cog", "/dev/null", "", "", (-180, -85, 180, 85), 0, 24, 21,
+# the imagery starts at tile X0/Y0: tiles west or north of it are outside its bounds
+_WEST, _NORTH = mercantile.bounds(X0, Y0, NATIVE).west, mercantile.bounds(X0, Y0, NATIVE).north
+SOURCE = SourceInfo("s", "s", "cog", "/dev/null", "", "", (_WEST, -85, 180, _NORTH), 0, 24, 21,
                     None, 3, "uint8", None, "1")  # fmt: skip
 
 
@@ -137,3 +145,31 @@ def test_version_not_served_asks_triton_to_load_it(ctx: predict.PredictContext) 
 
     asyncio.run(once())
     assert ctx.triton.fail is None  # type: ignore[attr-defined]  # load_model was called
+
+
+@pytest.mark.parametrize("block", [1, 2, 4])
+def test_a_block_of_tiles_runs_the_model_once_and_crops_each_tile(
+    ctx: predict.PredictContext, block: int
+) -> None:
+    """Every tile of a block comes from one window, cut where that tile lies, whatever the
+    order the tiles are asked for in (a job without a cache asks one at a time)."""
+    ctx.settings.prediction_block = block
+    x0, y0 = -(-X0 // 8) * 8, -(-Y0 // 8) * 8  # a corner where blocks of 1, 2 and 4 start
+    for j in reversed(range(block)):
+        for i in range(block):
+            out = run(ctx, x0 + i, y0 + j, NATIVE)
+            assert np.abs(out[0] - painted(x0 + i, y0 + j, NATIVE, 256, 0)).max() < 2e-3
+    assert ctx.triton.calls == 1  # type: ignore[attr-defined]
+    run(ctx, x0, y0, NATIVE)  # each tile is handed over once: without a cache, it runs again
+    assert ctx.triton.calls == 2  # type: ignore[attr-defined]
+
+
+def test_a_block_half_outside_the_imagery_serves_the_inside_only(
+    ctx: predict.PredictContext,
+) -> None:
+    out = run(ctx, X0, Y0, NATIVE)  # the south-east tile of its block of 2
+    assert np.abs(out[0] - painted(X0, Y0, NATIVE, 256, 0)).max() < 2e-3
+    for x, y in [(X0 - 1, Y0), (X0, Y0 - 1)]:
+        with pytest.raises(NotFound):
+            run(ctx, x, y, NATIVE)
+    assert ctx.triton.calls == 1  # type: ignore[attr-defined]

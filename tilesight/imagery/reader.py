@@ -84,6 +84,7 @@ def read_tile(
     buffer: int = 0,
     bidx: Sequence[int] | None = None,
     rescale: tuple[float, float] | None = None,
+    block: int = 1,
 ) -> TileArray:
     """8-bit RGB of tile x/y/z with `buffer` context pixels each side, and its mask.
 
@@ -91,8 +92,16 @@ def read_tile(
     non-8-bit values to 0-255 (default: the stretch measured at registration).
     `settings` is required: an XYZ source is fetched under its allow-list and timeout,
     which must be the app's own, not whatever the environment says.
+    `block` (a power of two) reads the block x block tiles of zoom z that hold x/y/z,
+    aligned on multiples of `block`, as one window at zoom z's resolution: it is the tile
+    of zoom z - log2(block) above them at `block` times the size, so its pixels are the
+    ones a read of each tile would give, and only x/y/z itself must exist.
     """
     check_tile(source, x, y, z)
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"block must be a power of two, not {block}")
+    levels = block.bit_length() - 1
+    x, y, z, tilesize = x >> levels, y >> levels, z - levels, tilesize * block
     if source.kind == "xyz":
         fetcher = xyz.fetcher_for(tuple(settings.remote_allowlist), settings.request_timeout_s)
         data, mask = fetcher.read(
