@@ -9,6 +9,8 @@ are cut once.
 Run: .venv/bin/python bench/lopo.py [--epochs 25] [--width 8] [--places tanzania,dhaka]
      [--out bench/lopo.json]
 Prints one row per fold and the mean; --out keeps the table as JSON.
+     .venv/bin/python bench/lopo.py --rescore KEPT   # folds kept by --keep KEPT
+chooses each fold's threshold on its own validation blocks and scores the left-out place.
 
 Scoring is `tilesight evaluate`'s (training.scoring.score_version): every tile of the place at
 the model's zoom, objects split by `split_instances` and matched at IoU 0.5. An area job
@@ -172,6 +174,64 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
     }
 
 
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+
+
+def val_tiles(version: Path, place: str) -> list[Tile]:
+    """The place's tiles in the fold's own validation blocks (inside its training
+    places), as the version's metadata lists them."""
+    meta = json.loads((version / "metadata.json").read_text())
+    imagery, labels = PLACES[place]
+    name = imagery.stem if imagery.is_file() else imagery.name
+    blocks = {b.split(":", 1)[1] for b in meta["split"]["val_blocks"] if b.startswith(name + ":")}
+    tiles = prepare_tiles(open_imagery(imagery), load_footprints(labels), meta["zoom"])
+    return [t for t in tiles if str(block_of(t, meta["split"]["block_zoom"])) in blocks]
+
+
+def rescore_fold(out: str, train_on: list[str], args: argparse.Namespace) -> dict:
+    """A kept fold model: the threshold with the best mean object F1 over its training
+    places' validation blocks (the left-out place is not read for it), then the left-out
+    place scored at that threshold and at the shipped 0.5, side by side."""
+    repo = args.rescore / f"repo-{out}" / "buildings"
+    version = max((v for v in repo.iterdir() if v.name.isdigit()), key=lambda v: int(v.name))
+    tune: dict[float, float] = {}
+    for threshold in THRESHOLDS:
+        f1s = [
+            float(score_version(version, *PLACES[p], cache_dir=args.cache, threshold=threshold,
+                                only_tiles=val_tiles(version, p))["object_f1"])
+            for p in train_on
+        ]  # fmt: skip
+        tune[threshold] = round(sum(f1s) / len(f1s), 4)
+    best = max(THRESHOLDS, key=lambda t: (tune[t], -abs(t - 0.5)))
+    imagery, labels = PLACES[out]
+    at = {t: score_version(version, imagery, labels, cache_dir=args.cache, threshold=t)
+          for t in sorted({0.5, best})}  # fmt: skip
+    return {
+        "left_out": out,
+        "tune_f1_by_threshold": tune,
+        "chosen_threshold": best,
+        **{f"{k}_at_0.5": round(float(at[0.5][k]), 4) for k in SCORES},
+        **{f"{k}_chosen": round(float(at[best][k]), 4) for k in SCORES},
+    }
+
+
+def rescore(places: list[str], args: argparse.Namespace) -> None:
+    rows = []
+    for out, train_on in folds(places):
+        rows.append(rescore_fold(out, train_on, args))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| left out | threshold chosen in-place | object F1 at 0.5 | at the chosen one |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['left_out']} | {r['chosen_threshold']} | {r['object_f1_at_0.5']} "
+              f"| {r['object_f1_chosen']} |")  # fmt: skip
+    mean = {k: round(sum(r[k] for r in rows) / len(rows), 4)
+            for k in ("object_f1_at_0.5", "object_f1_chosen")}  # fmt: skip
+    print(f"| **mean** | | {mean['object_f1_at_0.5']} | {mean['object_f1_chosen']} |")
+    if args.out:
+        args.out.write_text(json.dumps({"folds": rows, "mean": mean}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--places", default=",".join(PLACES))
@@ -194,9 +254,17 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="keep each fold's model repository here (repo-<left out>/)"
     )
+    parser.add_argument(
+        "--rescore", type=Path, metavar="KEPT",
+        help="train nothing: choose each kept fold's threshold on its own validation blocks "
+        "and score the left-out place at it and at 0.5",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     places = args.places.split(",")
+    if args.rescore:
+        rescore(places, args)
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="lopo-") as tmp:
         work = args.keep or Path(tmp)
