@@ -38,7 +38,7 @@ from tilesight.model.sources import Tile, load_footprints, open_imagery, prepare
 from tilesight.training.augment import RECIPES
 from tilesight.training.loop import TrainConfig
 from tilesight.training.pipeline import TrainingPlan, run_training
-from tilesight.training.scoring import score_version
+from tilesight.training.scoring import THRESHOLDS, score_version
 from tilesight.training.spec import TrainingSpec
 
 DATA = Path(os.environ.get("TILESIGHT_SHARED_DATA", Path(__file__).resolve().parents[2] /
@@ -174,9 +174,6 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
     }
 
 
-THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
-
-
 def val_tiles(version: Path, place: str) -> list[Tile]:
     """The place's tiles in the fold's own validation blocks (inside its training
     places), as the version's metadata lists them."""
@@ -191,7 +188,9 @@ def val_tiles(version: Path, place: str) -> list[Tile]:
 def rescore_fold(out: str, train_on: list[str], args: argparse.Namespace) -> dict:
     """A kept fold model: the threshold with the best mean object F1 over its training
     places' validation blocks (the left-out place is not read for it), then the left-out
-    place scored at that threshold and at the shipped 0.5, side by side."""
+    place scored at that threshold and at the shipped 0.5, side by side. Versions trained
+    now choose theirs on the tune split (training.pipeline); a kept fold's metadata lists
+    only its validation blocks, so this stands in for it."""
     repo = args.rescore / f"repo-{out}" / "buildings"
     version = max((v for v in repo.iterdir() if v.name.isdigit()), key=lambda v: int(v.name))
     tune: dict[float, float] = {}

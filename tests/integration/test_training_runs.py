@@ -79,7 +79,14 @@ def test_a_tiny_run_trains_exports_and_is_served(api_url: str, settings: Setting
     last = run["history"][-1]
     assert {"pixel_iou", "f1", "object_f1"} <= set(last.get("tune") or last["val"])
     version = run["result_version"]
-    assert (settings.model_repo / "buildings" / str(version) / "metadata.json").exists()
+    meta = json.loads((settings.model_repo / "buildings" / str(version) / "metadata.json")
+                      .read_text())  # fmt: skip
+    # the building threshold is the tune split's best object F1, never validation's
+    choice = run["validation"]["threshold"]
+    assert choice["chosen_on"] == "tune split" and len(choice["object_f1_by_threshold"]) > 1
+    assert choice["value"] == meta["threshold"]
+    best = max(choice["object_f1_by_threshold"].values())
+    assert choice["object_f1_by_threshold"][f"{meta['threshold']:g}"] == best
     model = httpx.get(f"{api_url}/models/buildings").json()
     assert version in [v["version"] for v in model["versions"]]
     ready = httpx.get(
@@ -210,6 +217,12 @@ def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
     version = run["result_version"]
     meta = json.loads((settings.model_repo / "buildings" / str(version) / "metadata.json")
                       .read_text())  # fmt: skip
+    # no tune split in two tiles: the threshold is the starting version's, not fitted to
+    # the validation tiles its scores are read on
+    start = json.loads((settings.model_repo / "buildings" / str(base) / "metadata.json")
+                       .read_text())  # fmt: skip
+    assert validation["threshold"]["chosen_on"] == "the starting version's"
+    assert meta["threshold"] == start["threshold"]
     seeded = meta["hyperparameters"]["init_from"]
     assert seeded["version_dir"].endswith(f"buildings/{base}") and seeded["tensors_loaded"] > 0
     ready = httpx.get(

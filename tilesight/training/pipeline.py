@@ -8,6 +8,7 @@ the run folder.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from tilesight.model.data import ChipDataset, ChipSpec, Prepared, prepare
 from tilesight.model.export import export_model
+from tilesight.model.repository import METADATA
 from tilesight.settings import get_settings
 from tilesight.training.distributed import process_group
 from tilesight.training.loop import (
@@ -30,6 +32,7 @@ from tilesight.training.loop import (
 from tilesight.training.metadata import version_metadata
 from tilesight.training.scoring import (
     baselines,
+    choose_threshold,
     hard_negative_ranker,
     positive_share,
     validation_scores,
@@ -136,7 +139,9 @@ def _train_and_export(
     result, transfer = _fit(plan, data, loop, on_progress)
     if process_rank != 0:  # one version per run: rank 0 scores and exports it
         return None, {}
-    final = _final_scores(plan, data, result)
+    threshold, validation["threshold"] = _threshold_for(plan, data, result, loop.threshold)
+    loop = replace(loop, threshold=threshold)
+    final = _final_scores(plan, data, result, threshold)
     metadata = version_metadata(plan, data, result, final, base, validation, loop, transfer)
     if not plan.export:
         return None, metadata
@@ -214,12 +219,32 @@ def _fit(
     return train(model, train_set, watch, loop, spec.buffer, on_progress), transfer
 
 
-def _final_scores(plan: TrainingPlan, data: Prepared, result: TrainResult) -> dict[str, float]:
+def _threshold_for(
+    plan: TrainingPlan, data: Prepared, result: TrainResult, default: float
+) -> tuple[float, dict[str, Any]]:
+    """The version's building threshold and how it was chosen: the best object F1 on the
+    tune split, never on validation (its scores would then flatter the version). With no
+    tune split a fine-tune keeps its starting version's threshold."""
+    if plan.chips.multiclass:
+        return default, {"value": default, "chosen_on": "none: classes are an argmax"}
+    if not data.tune:
+        if plan.init_from is not None:
+            start = json.loads((Path(plan.init_from) / METADATA).read_text())["threshold"]
+            return float(start), {"value": start, "chosen_on": "the starting version's"}
+        return default, {"value": default, "chosen_on": "none: no tune split"}
+    loader = DataLoader(ChipDataset(data.tune, plan.chips, train=False), batch_size=8)
+    cut, curve = choose_threshold(result.model, loader, plan.chips.buffer, plan.loop.min_area)
+    return cut, {"value": cut, "chosen_on": "tune split", "object_f1_by_threshold": curve}
+
+
+def _final_scores(
+    plan: TrainingPlan, data: Prepared, result: TrainResult, threshold: float
+) -> dict[str, float]:
     val_set = ChipDataset(data.val, plan.chips, train=False)
     loader = DataLoader(val_set, batch_size=plan.loop.batch_size)
     weights = plan.loop.class_weights
     return validation_scores(
-        result.model, loader, plan.chips.buffer, plan.loop.threshold, plan.loop.min_area,
+        result.model, loader, plan.chips.buffer, threshold, plan.loop.min_area,
         class_names=plan.chips.classes,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     )  # fmt: skip
