@@ -49,7 +49,7 @@ MAX_ZOOM_IN = 8
 LOCK_TTL_MS = 15_000
 #: a block's other tiles, kept in process until each is asked for once (a moment later:
 #: the map's next tiles, the job's next ones); this is no cache, the oldest go first
-RECENT_TILES = 64
+SIBLINGS_KEPT = 64
 #: the response header that says from which zoom a model's prediction tiles exist
 MINZOOM_HEADER = "X-Predictions-Minzoom"
 
@@ -70,7 +70,7 @@ class PredictContext:
 
     def keep_sibling(self, key: str, probs: np.ndarray) -> None:
         self.siblings[key] = probs
-        while len(self.siblings) > RECENT_TILES:
+        while len(self.siblings) > SIBLINGS_KEPT:
             self.siblings.popitem(last=False)
 
     @classmethod
@@ -266,7 +266,7 @@ async def _compute_once(
     ctx: PredictContext, layer: Layer, block_key: str, x: int, y: int
 ) -> dict[Cell, np.ndarray]:
     """Compute tile x/y's block unless another process holds its lock; then wait for
-    that process to cache tile x/y."""
+    that process to cache every tile of the block."""
     lock = f"{block_key}:lock"
     if ctx.redis is not None and not await _try_lock(ctx, lock):
         cells = _block_cells(layer, x, y, ctx.settings.prediction_block)
