@@ -205,7 +205,9 @@ def rescore_fold(out: str, train_on: list[str], args: argparse.Namespace) -> dic
     imagery, labels = PLACES[out]
     at = {t: score_version(version, imagery, labels, cache_dir=args.cache, threshold=t)
           for t in sorted({0.5, best})}  # fmt: skip
+    tuned = finetune(out, version, args, args.rescore / "finetune") if args.finetune else {}
     return {
+        **tuned,
         "left_out": out,
         "tune_f1_by_threshold": tune,
         "chosen_threshold": best,
@@ -227,6 +229,13 @@ def rescore(places: list[str], args: argparse.Namespace) -> None:
     mean = {k: round(sum(r[k] for r in rows) / len(rows), 4)
             for k in ("object_f1_at_0.5", "object_f1_chosen")}  # fmt: skip
     print(f"| **mean** | | {mean['object_f1_at_0.5']} | {mean['object_f1_chosen']} |")
+    if args.finetune:
+        for k in ("rest_f1_before", "rest_f1_after"):
+            mean[k] = round(sum(r[k] for r in rows) / len(rows), 4)
+        print(f"fine-tune on a third: mean F1 of the rest {mean['rest_f1_before']} -> "
+              f"{mean['rest_f1_after']}; per fold " + ", ".join(
+                  f"{r['left_out']} {r['rest_f1_before']} -> {r['rest_f1_after']} "
+                  f"({r['ft_s']} s)" for r in rows))  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({"folds": rows, "mean": mean}, indent=1))
 
@@ -256,7 +265,8 @@ def main() -> None:
     parser.add_argument(
         "--rescore", type=Path, metavar="KEPT",
         help="train nothing: choose each kept fold's threshold on its own validation blocks "
-        "and score the left-out place at it and at 0.5",
+        "and score the left-out place at it and at 0.5 (with --finetune, also fine-tune "
+        "each kept fold on a third of its left-out place)",
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

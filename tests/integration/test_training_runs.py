@@ -214,6 +214,7 @@ def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
     assert params["freeze_encoder_epochs"] == 2 and params["freeze_batchnorm"] is True
     validation = run["validation"]
     assert validation and "validation split" in validation["best_epoch_chosen_on"], validation
+    assert validation["best_epoch_chosen_on"].endswith("the starting weights among the candidates)")
     version = run["result_version"]
     meta = json.loads((settings.model_repo / "buildings" / str(version) / "metadata.json")
                       .read_text())  # fmt: skip

@@ -179,8 +179,10 @@ def _loop_for(plan: TrainingPlan, data: Prepared) -> tuple[TrainConfig, dict[str
     if data.tune:
         chosen_on = "tune split"
     elif loop.score_start:
-        chosen_on = "validation split (a small area leaves no tune split; its scores are "
-        "those of the chosen epoch, the starting weights among the candidates)"
+        chosen_on = (
+            "validation split (a small area leaves no tune split; its scores are "
+            "those of the chosen epoch, the starting weights among the candidates)"
+        )
     else:
         loop, chosen_on = replace(loop, select_best=False), "none: the last epoch is kept"
     validation = {
