@@ -111,6 +111,7 @@ def finetune(out: str, version: Path, args: argparse.Namespace, work: Path) -> d
         depth=args.depth, epochs=args.ft_epochs, lr=args.ft_lr,
         freeze_encoder_epochs=args.ft_freeze, batch_size=4, empty_ratio=1.0,
         augmentation=args.augment, val_fraction=0.25,
+        **({"monitor": args.ft_monitor} if args.ft_monitor else {}),
     )  # fmt: skip
     run = TrainingPlan.from_spec(
         spec, sources=[(folder, part_labels)], model_repo=work / f"repo-{out}",
@@ -255,6 +256,7 @@ def main() -> None:
     parser.add_argument("--ft-epochs", type=int)
     parser.add_argument("--ft-lr", type=float)
     parser.add_argument("--ft-freeze", type=int, help="epochs with a frozen encoder")
+    parser.add_argument("--ft-monitor", help="the score that picks the fine-tune's epoch")
     parser.add_argument("--max-steps", type=int, help="cut epochs short (a smoke run)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(".tilesight/chips-lopo"))
