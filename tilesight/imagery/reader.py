@@ -94,8 +94,9 @@ def read_tile(
     which must be the app's own, not whatever the environment says.
     `block` (a power of two) reads the block x block tiles of zoom z that hold x/y/z,
     aligned on multiples of `block`, as one window at zoom z's resolution: it is the tile
-    of zoom z - log2(block) above them at `block` times the size, so its pixels are the
-    ones a read of each tile would give, and only x/y/z itself must exist.
+    of zoom z - log2(block) above them at `block` times the size, so it covers the same
+    ground at the same resolution as a read of each tile (within a grey level where the
+    source is resampled), and only x/y/z itself must exist.
     """
     check_tile(source, x, y, z)
     if block < 1 or block & (block - 1):
