@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from tilesight.model.data import ChipSpec, block_of
+from tilesight.model.export import read_metadata
 from tilesight.model.sources import Tile, load_footprints, open_imagery, prepare_tiles
 from tilesight.training.augment import RECIPES
 from tilesight.training.loop import TrainConfig
@@ -178,7 +179,7 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
 def val_tiles(version: Path, place: str) -> list[Tile]:
     """The place's tiles in the fold's own validation blocks (inside its training
     places), as the version's metadata lists them."""
-    meta = json.loads((version / "metadata.json").read_text())
+    meta = read_metadata(version)
     imagery, labels = PLACES[place]
     name = imagery.stem if imagery.is_file() else imagery.name
     blocks = {b.split(":", 1)[1] for b in meta["split"]["val_blocks"] if b.startswith(name + ":")}

@@ -9,8 +9,9 @@ tests and the training code use, so served and tested weights cannot drift apart
 
 On CPU a version folder holding `model.onnx` (written by `export_model` beside
 model.pt) runs through ONNX Runtime: the same graph with BatchNorm folded and fused
-kernels, about 2x PyTorch eager here (bench/README.md), equal to it within 1e-4. A
-version without one, or a GPU instance, runs PyTorch. Each instance gets
+kernels, 1.1-1.4x PyTorch eager in process on a quiet 2-core machine and more on the
+larger windows of tile blocks (bench/README.md), equal to it within 1e-4. A version
+without one, or a GPU instance, runs PyTorch. Each instance gets
 TILESIGHT_MODEL_THREADS threads (`tilesight.tritonserver` sizes them from the cores).
 """
 

@@ -4,8 +4,9 @@ Triton's python backend, the tests and `tilesight evaluate` all rebuild the serv
 module through `load_model`, so the weights file holds only a state_dict and the
 metadata says how to build the module around it: no pickled classes, no code drift.
 `model.onnx` is the same module traced once at export (uint8 in, probabilities out,
-batch, height and width free); the backend serves it through ONNX Runtime, about 2x
-PyTorch eager on CPU (bench/README.md), and a version without one is served by PyTorch.
+batch, height and width free); the backend serves it through ONNX Runtime, 1.1-1.4x
+PyTorch eager on a quiet CPU (bench/README.md), and a version without one is served by
+PyTorch.
 """
 
 from __future__ import annotations

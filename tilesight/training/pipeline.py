@@ -8,7 +8,6 @@ the run folder.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,8 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from tilesight.model.data import ChipDataset, ChipSpec, Prepared, prepare
-from tilesight.model.export import export_model
-from tilesight.model.repository import METADATA
+from tilesight.model.export import export_model, read_metadata
 from tilesight.settings import get_settings
 from tilesight.training.distributed import process_group
 from tilesight.training.loop import (
@@ -231,7 +229,7 @@ def _threshold_for(
         return default, {"value": default, "chosen_on": "none: classes are an argmax"}
     if not data.tune:
         if plan.init_from is not None:
-            start = json.loads((Path(plan.init_from) / METADATA).read_text())["threshold"]
+            start = read_metadata(plan.init_from)["threshold"]
             return float(start), {"value": start, "chosen_on": "the starting version's"}
         return default, {"value": default, "chosen_on": "none: no tune split"}
     loader = DataLoader(ChipDataset(data.tune, plan.chips, train=False), batch_size=8)
