@@ -10,7 +10,8 @@ Run: .venv/bin/python bench/lopo.py [--epochs 25] [--width 8] [--places tanzania
      [--out bench/lopo.json]
 Prints one row per fold and the mean; --out keeps the table as JSON.
      .venv/bin/python bench/lopo.py --rescore KEPT   # folds kept by --keep KEPT
-chooses each fold's threshold on its own validation blocks and scores the left-out place.
+chooses each fold's threshold and watershed depth on its own validation blocks and scores
+the left-out place with them.
 
 Scoring is `tilesight evaluate`'s (training.scoring.score_version): every tile of the place at
 the model's zoom, objects split by `split_instances` and matched at IoU 0.5. An area job
@@ -26,20 +27,22 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import mercantile
 import shapely
 import shapely.geometry
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from tilesight.model.data import ChipSpec, block_of
-from tilesight.model.export import read_metadata
+from tilesight.model.data import Chip, ChipDataset, ChipSpec, block_of
+from tilesight.model.export import load_model, read_metadata
 from tilesight.model.sources import Tile, load_footprints, open_imagery, prepare_tiles
 from tilesight.training.augment import RECIPES
 from tilesight.training.loop import TrainConfig
 from tilesight.training.pipeline import TrainingPlan, run_training
-from tilesight.training.scoring import THRESHOLDS, score_version
+from tilesight.training.scoring import Cut, choose_cut, score_version, version_chips
 from tilesight.training.spec import TrainingSpec
 
 DATA = Path(os.environ.get("TILESIGHT_SHARED_DATA", Path(__file__).resolve().parents[2] /
@@ -98,15 +101,19 @@ def finetune_area(place: str, tiles: list[Tile], work: Path) -> tuple[Path, Path
     return folder, part
 
 
-def finetune(out: str, version: Path, args: argparse.Namespace, work: Path) -> dict:
+def finetune(
+    out: str, version: Path, args: argparse.Namespace, work: Path, cut: Cut | None = None
+) -> dict:
     """Fine-tune the fold's model on a third of the left-out place; score the other two
-    thirds before and after, with the defaults a small-area fine-tune uses."""
+    thirds before and after, with the defaults a small-area fine-tune uses, both at the
+    fold version's own cut or both at `cut` (chosen in-place by --rescore)."""
+    how: dict[str, Any] = {"threshold": cut.threshold, "peak_depth": cut.peak_depth} if cut else {}
     imagery, labels = PLACES[out]
     reader = open_imagery(imagery)
     tiles = prepare_tiles(reader, load_footprints(labels), 19)
     part, rest = thirds(tiles)
     folder, part_labels = finetune_area(out, part, work)
-    before = score_version(version, imagery, labels, cache_dir=args.cache, only_tiles=rest)
+    before = score_version(version, imagery, labels, cache_dir=args.cache, only_tiles=rest, **how)
     spec = TrainingSpec(
         architecture=args.architecture, border=args.border, width=args.width,
         depth=args.depth, epochs=args.ft_epochs, lr=args.ft_lr,
@@ -122,7 +129,7 @@ def finetune(out: str, version: Path, args: argparse.Namespace, work: Path) -> d
     start = time.perf_counter()
     tuned, _ = run_training(run)
     seconds = time.perf_counter() - start
-    after = score_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest)
+    after = score_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest, **how)
     return {
         "ft_tiles": len(part),
         "ft_buildings": len(json.loads(part_labels.read_text())["features"]),
@@ -188,33 +195,36 @@ def val_tiles(version: Path, place: str) -> list[Tile]:
 
 
 def rescore_fold(out: str, train_on: list[str], args: argparse.Namespace) -> dict:
-    """A kept fold model: the threshold with the best mean object F1 over its training
-    places' validation blocks (the left-out place is not read for it), then the left-out
-    place scored at that threshold and at the shipped 0.5, side by side. Versions trained
-    now choose theirs on the tune split (training.pipeline); a kept fold's metadata lists
-    only its validation blocks, so this stands in for it."""
+    """A kept fold model: the threshold, then the watershed depth, with the best object
+    F1 over its training places' validation blocks (`choose_cut`, as a training run
+    chooses on its tune split; the left-out place is not read for it), then the left-out
+    place scored three ways side by side: at 0.5 unsplit (how the fold was trained), at
+    the chosen threshold unsplit, and at both chosen."""
     repo = args.rescore / f"repo-{out}" / "buildings"
     version = max((v for v in repo.iterdir() if v.name.isdigit()), key=lambda v: int(v.name))
-    tune: dict[float, float] = {}
-    for threshold in THRESHOLDS:
-        f1s = [
-            float(score_version(version, *PLACES[p], cache_dir=args.cache, threshold=threshold,
-                                only_tiles=val_tiles(version, p))["object_f1"])
-            for p in train_on
-        ]  # fmt: skip
-        tune[threshold] = round(sum(f1s) / len(f1s), 4)
-    best = max(THRESHOLDS, key=lambda t: (tune[t], -abs(t - 0.5)))
+    model, meta = load_model(version)
+    chips: list[Chip] = []
+    for p in train_on:
+        imagery, labels = PLACES[p]
+        spec, found = version_chips(model, meta, imagery, labels, args.cache, val_tiles(version, p))
+        chips += found
+    loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
+    cut = choose_cut(model, loader, spec.buffer)
     imagery, labels = PLACES[out]
-    at = {t: score_version(version, imagery, labels, cache_dir=args.cache, threshold=t)
-          for t in sorted({0.5, best})}  # fmt: skip
-    tuned = finetune(out, version, args, args.rescore / "finetune") if args.finetune else {}
+    ways = {"at_0.5": (0.5, None), "threshold": (cut.threshold, None),
+            "split": (cut.threshold, cut.peak_depth)}  # fmt: skip
+    at = {name: score_version(version, imagery, labels, cache_dir=args.cache, threshold=t,
+                              peak_depth=d) for name, (t, d) in ways.items()}  # fmt: skip
+    work = args.rescore / "finetune"
+    tuned = finetune(out, version, args, work, cut) if args.finetune else {}
     return {
         **tuned,
         "left_out": out,
-        "tune_f1_by_threshold": tune,
-        "chosen_threshold": best,
-        **{f"{k}_at_0.5": round(float(at[0.5][k]), 4) for k in SCORES},
-        **{f"{k}_chosen": round(float(at[best][k]), 4) for k in SCORES},
+        "tune_f1_by_threshold": cut.by_threshold,
+        "tune_f1_by_peak_depth": cut.by_peak_depth,
+        "chosen_threshold": cut.threshold,
+        "chosen_peak_depth": cut.peak_depth,
+        **{f"{k}_{name}": round(float(at[name][k]), 4) for name in ways for k in SCORES},
     }
 
 
@@ -223,14 +233,20 @@ def rescore(places: list[str], args: argparse.Namespace) -> None:
     for out, train_on in folds(places):
         rows.append(rescore_fold(out, train_on, args))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| left out | threshold chosen in-place | object F1 at 0.5 | at the chosen one |")
-    print("|---|---|---|---|")
+    print("\n| left out | threshold, depth chosen in-place | object F1 at 0.5 | at the threshold "
+          "| split too |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['left_out']} | {r['chosen_threshold']} | {r['object_f1_at_0.5']} "
-              f"| {r['object_f1_chosen']} |")  # fmt: skip
+        print(
+            f"| {r['left_out']} | {r['chosen_threshold']}, {r['chosen_peak_depth']} | "
+            f"{r['object_f1_at_0.5']} | {r['object_f1_threshold']} | {r['object_f1_split']} |"
+        )
     mean = {k: round(sum(r[k] for r in rows) / len(rows), 4)
-            for k in ("object_f1_at_0.5", "object_f1_chosen")}  # fmt: skip
-    print(f"| **mean** | | {mean['object_f1_at_0.5']} | {mean['object_f1_chosen']} |")
+            for k in ("object_f1_at_0.5", "object_f1_threshold", "object_f1_split")}  # fmt: skip
+    print(
+        f"| **mean** | | {mean['object_f1_at_0.5']} | {mean['object_f1_threshold']} "
+        f"| {mean['object_f1_split']} |"
+    )
     if args.finetune:
         for k in ("rest_f1_before", "rest_f1_after"):
             mean[k] = round(sum(r[k] for r in rows) / len(rows), 4)

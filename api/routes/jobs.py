@@ -43,6 +43,9 @@ class JobOptions(BaseModel):
     simplify_px: float | None = Field(None, ge=0, le=10, description="simplify tolerance, px")
     square: bool | None = Field(None, description="square off near-rectangular outlines")
     square_min_fill: float | None = Field(None, gt=0, le=1, description="how near, 0-1")
+    peak_depth: float | None = Field(
+        None, ge=0, le=1, description="split touching roofs at probability dips this deep; 0: off"
+    )
 
 
 class JobCreate(BaseModel):

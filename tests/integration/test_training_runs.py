@@ -87,6 +87,12 @@ def test_a_tiny_run_trains_exports_and_is_served(api_url: str, settings: Setting
     assert choice["value"] == meta["threshold"]
     best = max(choice["object_f1_by_threshold"].values())
     assert choice["object_f1_by_threshold"][f"{meta['threshold']:g}"] == best
+    # and at that threshold the watershed depth, "none" among the candidates
+    depths = choice["object_f1_by_peak_depth"]
+    assert depths["none"] == best and len(depths) > 1
+    assert meta["peak_depth"] == choice["peak_depth"]
+    chosen = "none" if meta["peak_depth"] is None else f"{meta['peak_depth']:g}"
+    assert depths[chosen] == max(depths.values())
     model = httpx.get(f"{api_url}/models/buildings").json()
     assert version in [v["version"] for v in model["versions"]]
     ready = httpx.get(
@@ -224,6 +230,7 @@ def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
                        .read_text())  # fmt: skip
     assert validation["threshold"]["chosen_on"] == "the starting version's"
     assert meta["threshold"] == start["threshold"]
+    assert meta["peak_depth"] == start.get("peak_depth")
     seeded = meta["hyperparameters"]["init_from"]
     assert seeded["version_dir"].endswith(f"buildings/{base}") and seeded["tensors_loaded"] > 0
     ready = httpx.get(

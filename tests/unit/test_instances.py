@@ -120,3 +120,31 @@ def test_real_touching_footprints_are_recovered_by_the_border(real_tiles) -> Non
     assert found["border"] == objects
     # touching OSM footprints really merge without the border: that is what it is for
     assert found["components"] <= objects - 2
+
+
+def two_roofs_with_a_dip(dip: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two roofs the model is 0.95 sure of, sharing a wall where it is only `dip` sure:
+    all of it above the threshold, so the mask alone is one blob."""
+    _, _, truth = two_houses()
+    building = np.where(truth > 0, 0.95, 0.02).astype(np.float32)
+    building[10:30, 29:31] = dip
+    return building, truth
+
+
+def test_a_watershed_splits_roofs_where_the_probability_dips_along_the_wall() -> None:
+    building, truth = two_roofs_with_a_dip(0.7)
+    assert split_instances(building, None, 0.5, 10).max() == 1  # the mask alone: one blob
+    labels = split_instances(building, None, 0.5, 10, peak_depth=0.1)
+    assert labels.max() == 2
+    tp, fp, fn = match_objects(labels, truth, 0.8)  # each roof nearly pixel for pixel
+    assert (tp, fp, fn) == (2, 0, 0)
+    assert np.array_equal(labels > 0, truth > 0)  # nothing lost or added at the wall
+
+
+def test_a_dip_shallower_than_the_depth_and_a_roof_s_texture_do_not_split() -> None:
+    building, truth = two_roofs_with_a_dip(0.9)
+    assert split_instances(building, None, 0.5, 10, peak_depth=0.1).max() == 1
+    roof = np.where(truth == 1, 0.8, 0.02).astype(np.float32)
+    rng = np.random.default_rng(0)
+    roof[truth == 1] += rng.uniform(-0.08, 0.08, int((truth == 1).sum())).astype(np.float32)
+    assert split_instances(roof, None, 0.5, 10, peak_depth=0.05).max() == 1

@@ -207,10 +207,10 @@ def _touching_pairs(
     "leave-one-place-out rule, so buildings/3 has none); strict: un-mark it when one does",
 )
 def test_touching_roofs_in_dhaka_come_out_as_separate_polygons() -> None:
-    """The dense Dhaka chips (shared walls everywhere): the promoted demo model's border
-    class must cut touching roofs apart, through the same stitch and vectorise an area job
-    runs. Without the border the same probabilities merge most of those pairs, so the
-    border is what the count measures."""
+    """The dense Dhaka chips (shared walls everywhere): the promoted demo model's cut (its
+    border class, or the watershed at its peak depth) must part touching roofs, through
+    the same stitch and vectorise an area job runs. Without it the same probabilities
+    merge most of those pairs, so the cut is what the count measures."""
     version = latest_version(Path(__file__).resolve().parents[2] / "model_repo")
     model, meta = load_model(version)
     reader = open_imagery(DHAKA)
@@ -222,9 +222,10 @@ def test_touching_roofs_in_dhaka_come_out_as_separate_polygons() -> None:
             out = model(torch.from_numpy(pixels[None].copy()))[0].numpy()
         probs[tile] = out[:, buffer:-buffer, buffer:-buffer]
     mosaic, border = stitch_classes(probs, DHAKA_TILES, meta["classes"], 256)
-    assert border is not None, f"{version.name} has no border class"
+    depth = meta.get("peak_depth")
+    assert border is not None or depth is not None, f"{version.name} splits no roofs"
     transform = mosaic_origin(DHAKA_TILES, 256)[4]
-    params = CleanParams(threshold=float(meta["threshold"]))
+    params = CleanParams(threshold=float(meta["threshold"]), peak_depth=depth)
     labels = json.loads((DHAKA / "labels.geojson").read_text())["features"]
     core = shapely.union_all([box(*mercantile.xy_bounds(*t)) for t in DHAKA_TILES])
     pairs, merc = _touching_pairs(labels, core)
@@ -243,7 +244,32 @@ def test_touching_roofs_in_dhaka_come_out_as_separate_polygons() -> None:
         return found, covered
 
     split_merged, split_covered = merged(vectorize(mosaic, transform, world(), params, border))
-    blob_merged, blob_covered = merged(vectorize(mosaic, transform, world(), params))
+    blobs = CleanParams(threshold=params.threshold)
+    blob_merged, blob_covered = merged(vectorize(mosaic, transform, world(), blobs))
     assert split_covered >= len(pairs) // 3, "the model finds too few of the roofs"
     assert split_merged <= 0.25 * split_covered
     assert blob_merged > 2 * split_merged
+
+
+def test_a_building_model_s_touching_roofs_split_at_the_dip_blob_by_blob_as_whole() -> None:
+    """No border class: two roofs sharing a wall across the vertical tile edge, where the
+    probability only dips (0.95 to 0.7). With the version's peak depth they are two
+    polygons, traced blob by blob exactly as a split of the whole mosaic; without it, one."""
+    m = mosaic_with((236, 200, 276, 256), (236, 256, 276, 300), value=0.95)
+    m[236:276, 255:257] = 0.7
+    m[400:440, 400:460] = 0.9  # a roof on its own, next to nothing
+    transform = mosaic_origin(TILES, 256)[4]
+    assert len(run(m)) == 2
+    found = run(m, peak_depth=0.1)
+    px_m2 = (0.2986 * np.cos(np.radians(6.05))) ** 2
+    assert sorted(round(f.area_m2 / px_m2) for f in found) == pytest.approx(
+        [1760, 2240, 2400], rel=0.03
+    )
+    labels = split_instances(m, None, 0.5, 10, peak_depth=0.1)
+    whole = features.shapes(labels, mask=labels > 0, connectivity=4, transform=transform)
+    key = lambda p: shapely.normalize(shapely.set_precision(p, 1e-3)).wkt  # noqa: E731 (mm)
+    traced = [key(p) for p in outlines(m, None, transform, 0.5, 10, peak_depth=0.1)]
+    assert len(traced) == 3 and sorted(traced) == sorted(key(shape(g)) for g, _ in whole)
+    # a job's options turn it off with a depth of 0, or keep the version's
+    assert CleanParams.from_options({"peak_depth": 0}, 0.5, 0.1).peak_depth is None
+    assert CleanParams.from_options({}, 0.5, 0.1).peak_depth == 0.1

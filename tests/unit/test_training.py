@@ -28,7 +28,7 @@ from tilesight.training.augment import GEOMETRY_ONLY, Augment, augment, rescale
 from tilesight.training.loop import TrainConfig, train
 from tilesight.training.losses import segmentation_loss
 from tilesight.training.metadata import data_licence
-from tilesight.training.scoring import choose_threshold
+from tilesight.training.scoring import choose_cut
 
 
 def test_chips_hold_real_pixels_and_aligned_labels(chips: list) -> None:
@@ -253,20 +253,41 @@ class _Painted(torch.nn.Module):
         return self.logit.expand(image.shape[0], 1, *self.logit.shape)
 
 
-def test_the_threshold_is_chosen_by_object_f1() -> None:
-    """Three roofs 0.9 sure in a row, joined by 0.6 bands where they touch: a cut at 0.6
-    or below makes one blob (object F1 0), a higher one three buildings (F1 1); the cut
-    of those nearest 0.5 wins."""
-    prob = np.full((32, 32), 0.01, np.float32)
-    prob[8:24, 2:30] = 0.9
-    prob[8:24, 10:12] = prob[8:24, 20:22] = 0.6
-    truth = np.zeros((32, 32), np.int32)
-    truth[8:24, 2:11], truth[8:24, 11:21], truth[8:24, 21:30] = 1, 2, 3
-    batch = {
-        "image": torch.zeros((1, 3, 32, 32), dtype=torch.uint8),
-        "target": torch.zeros((1, 1, 32, 32)),
+def _one_batch(truth: np.ndarray) -> dict[str, torch.Tensor]:
+    return {
+        "image": torch.zeros((1, 3, *truth.shape), dtype=torch.uint8),
+        "target": torch.zeros((1, 1, *truth.shape)),
         "instances": torch.from_numpy(truth[None]),
     }
-    cut, curve = choose_threshold(_Painted(prob), [batch], buffer=0, min_area=10)  # type: ignore[arg-type]
-    assert cut == 0.65
+
+
+def _three_roofs(wall: float) -> tuple[np.ndarray, np.ndarray]:
+    """Three roofs 0.9 sure in a row, joined by `wall`-sure bands where they touch."""
+    prob = np.full((32, 32), 0.01, np.float32)
+    prob[8:24, 2:30] = 0.9
+    prob[8:24, 10:12] = prob[8:24, 20:22] = wall
+    truth = np.zeros((32, 32), np.int32)
+    truth[8:24, 2:11], truth[8:24, 11:21], truth[8:24, 21:30] = 1, 2, 3
+    return prob, truth
+
+
+def test_the_threshold_is_chosen_by_object_f1() -> None:
+    """Walls at 0.6: a cut at 0.6 or below makes one blob (object F1 0), a higher one
+    three buildings (F1 1); the cut of those nearest 0.5 wins, and no split is needed."""
+    prob, truth = _three_roofs(0.6)
+    cut = choose_cut(_Painted(prob), [_one_batch(truth)], buffer=0, min_area=10)  # type: ignore[arg-type]
+    assert cut.threshold == 0.65 and cut.peak_depth is None
+    curve = cut.by_threshold
     assert curve["0.5"] == curve["0.6"] == 0.0 and curve["0.65"] == curve["0.7"] == 1.0
+    assert cut.by_peak_depth["none"] == 1.0
+
+
+def test_the_split_depth_is_chosen_by_object_f1_where_no_threshold_parts_the_roofs() -> None:
+    """Walls at 0.75, above every threshold tried: only the watershed parts the roofs, at
+    depths the smoothed dip (about 0.1) exceeds; the shallowest such depth wins."""
+    prob, truth = _three_roofs(0.75)
+    cut = choose_cut(_Painted(prob), [_one_batch(truth)], buffer=0, min_area=10)  # type: ignore[arg-type]
+    assert set(cut.by_threshold.values()) == {0.0} and cut.threshold == 0.5
+    assert cut.by_peak_depth["none"] == 0.0 and cut.by_peak_depth["0.05"] == 1.0
+    assert cut.by_peak_depth["0.3"] == 0.0
+    assert cut.peak_depth == 0.05

@@ -89,19 +89,25 @@ def test_demo_model_gives_a_run_a_head_start(tmp_path: Path, cache: Path) -> Non
     assert scratch["hyperparameters"]["init_from"] is None
 
 
-def test_building_model_seeds_a_border_model_with_a_fresh_head() -> None:
+def test_building_model_seeds_a_border_model_with_its_building_channel() -> None:
     model, record = build_model((), border=True, width=8, depth=4, init_from=DEMO)
     demo, _ = load_model(DEMO)
     theirs, ours = demo.state_dict(), model.state_dict()
     assert model.config.classes == 2 and ours["net.head.weight"].shape[0] == 2
     assert record["tensors_fresh"] == ["net.head.bias", "net.head.weight"]
+    assert record["head_classes_kept"] == ["building"]
     body = [k for k in theirs if not k.startswith("net.head.")]
     assert body and all(torch.equal(ours[k], theirs[k]) for k in body)
-    # the head is a fresh layer, not the building channel copied twice or left at zero
-    head = ours["net.head.weight"]
-    assert not torch.equal(head[0], theirs["net.head.weight"][0])
-    assert not torch.equal(head[0], head[1]) and head.abs().sum() > 0
+    # the building channel is the base's; the border channel is fresh, not a copy of it
+    head, bias = ours["net.head.weight"], ours["net.head.bias"]
+    assert torch.equal(head[0], theirs["net.head.weight"][0])
+    assert torch.equal(bias[0], theirs["net.head.bias"][0])
+    assert not torch.equal(head[1], head[0]) and head[1].abs().sum() > 0
     assert model.config.mean == demo.config.mean and model.config.std == demo.config.std
+    # so before any training the new model finds the base's buildings, pixel for pixel
+    image = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.allclose(model.eval()(image)[:, :1], demo.eval()(image), atol=1e-6)
 
 
 def test_another_width_is_refused_before_any_chips_are_cut(tmp_path: Path) -> None:

@@ -101,6 +101,7 @@ def run_chunk(
     threshold: float,
     tilesize: int = 256,
     publish: events.Publisher | None = None,
+    peak_depth: float | None = None,
 ) -> ChunkResult:
     """Infer, vectorise and write one chunk; a no-op when the job no longer wants it."""
     with session_scope(factory) as session:
@@ -123,6 +124,7 @@ def run_chunk(
         params = CleanParams.from_options(
             (job.params or {}).get("options", {}),
             threshold=float((job.params or {}).get("options", {}).get("threshold", threshold)),
+            peak_depth=peak_depth,
         )
         model, version = job.model_name, job.model_version
         chunks_done, chunks_total = job.chunks_done, job.chunks_total

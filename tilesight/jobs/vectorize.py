@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mercantile
@@ -30,7 +30,7 @@ from shapely.geometry import shape as to_shape
 from shapely.geometry.polygon import orient
 
 from tilesight.jobs.plan import GEOD, Tile
-from tilesight.model.instances import border_channel, split_instances
+from tilesight.model.instances import PEAK_REACH_PX, border_channel, split_instances
 
 TO_MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
 TO_LONLAT = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
@@ -46,11 +46,18 @@ class CleanParams:
     simplify_px: float = 1.0  # tolerance in pixels: removes the raster staircase
     square: bool = False  # replace near-rectangular outlines by their rectangle
     square_min_fill: float = 0.85
+    # split touching roofs at probability dips this deep (model.instances); None: don't
+    peak_depth: float | None = None
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], threshold: float) -> CleanParams:
+    def from_options(
+        cls, options: dict[str, Any], threshold: float, peak_depth: float | None = None
+    ) -> CleanParams:
+        """A job's options over the model version's own threshold and depth; a depth of
+        0 in the options turns the split off."""
         fields = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
-        return cls(**{"threshold": threshold, **fields})
+        params = cls(**{"threshold": threshold, "peak_depth": peak_depth, **fields})
+        return replace(params, peak_depth=params.peak_depth or None)
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,8 @@ def vectorize(
     shapely.prepare(aoi_merc)
     out: list[Footprint] = []
     min_area_px = max(math.ceil(min_area / res**2), 1)
-    for poly in outlines(mosaic, border, transform, params.threshold, min_area_px):
+    cut = params.threshold
+    for poly in outlines(mosaic, border, transform, cut, min_area_px, params.peak_depth):
         if poly.area < min_area:
             continue
         confidence = _mean_inside(mosaic, poly, transform)
@@ -158,33 +166,40 @@ def outlines(
     transform: Affine,
     threshold: float,
     min_area_px: int,
+    peak_depth: float | None = None,
 ) -> Iterator[Polygon]:
-    """Traced outlines of the building mask, split into instances along the border.
+    """Traced outlines of the building mask, split into instances along the border or,
+    without one, at the probability's dips (`peak_depth`).
 
     `split_instances` never joins or cuts across two separate blobs of the mask, so it
-    runs blob by blob, on the blobs the border touches: the same instances as over the
-    whole mosaic, without labelling a 1024 px mosaic pixel by pixel (seconds per chunk)."""
+    runs blob by blob, on the blobs that may split: the same instances as over the whole
+    mosaic, without labelling a 1024 px mosaic pixel by pixel (seconds per chunk)."""
     mask = mosaic >= threshold
     blobs = features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=transform)
-    if border is None:
+    if border is None and peak_depth is None:
         yield from (to_shape(g) for g, _ in blobs)
         return
-    cut = mask & (border >= threshold)
+    cut = mask & (border >= threshold) if border is not None else None
     inv = ~transform
+    m = 0 if border is not None else PEAK_REACH_PX  # the smoothing's reach, inside the window
     for geojson, _ in blobs:
         blob = to_shape(geojson)
         minx, miny, maxx, maxy = blob.bounds
         c0, r0 = (round(v) for v in inv @ (minx, maxy))
         c1, r1 = (round(v) for v in inv @ (maxx, miny))
-        if not cut[r0:r1, c0:c1].any():
+        small = blob.area < 2 * min_area_px * transform.a**2  # room for one building only
+        if small or (cut is not None and not cut[r0:r1, c0:c1].any()):
             yield blob
             continue
+        r0, c0 = max(r0 - m, 0), max(c0 - m, 0)
+        r1, c1 = min(r1 + m, mosaic.shape[0]), min(c1 + m, mosaic.shape[1])
         window = transform @ Affine.translation(c0, r0)
         inside = features.geometry_mask(
             [blob], out_shape=(r1 - r0, c1 - c0), transform=window, invert=True
         )
         building = np.where(inside, mosaic[r0:r1, c0:c1], 0)
-        labels = split_instances(building, border[r0:r1, c0:c1], threshold, min_area_px)
+        edge = border[r0:r1, c0:c1] if border is not None else None
+        labels = split_instances(building, edge, threshold, min_area_px, peak_depth=peak_depth)
         for g, _ in features.shapes(labels, mask=labels > 0, connectivity=4, transform=window):
             yield to_shape(g)
 

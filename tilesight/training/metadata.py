@@ -67,6 +67,8 @@ def version_metadata(
         "tile_size": spec.tile_size,
         "buffer": spec.buffer,
         "threshold": loop.threshold,
+        # touching roofs split at probability dips this deep (model.instances); None: not
+        "peak_depth": validation.get("threshold", {}).get("peak_depth"),
         "metrics": _metrics(plan, data, result, final, base, validation),
         "validation": validation,
         "training_data": {

@@ -30,7 +30,7 @@ from tilesight.training.loop import (
 from tilesight.training.metadata import version_metadata
 from tilesight.training.scoring import (
     baselines,
-    choose_threshold,
+    choose_cut,
     hard_negative_ranker,
     positive_share,
     validation_scores,
@@ -137,9 +137,9 @@ def _train_and_export(
     result, transfer = _fit(plan, data, loop, on_progress)
     if process_rank != 0:  # one version per run: rank 0 scores and exports it
         return None, {}
-    threshold, validation["threshold"] = _threshold_for(plan, data, result, loop.threshold)
+    (threshold, depth), validation["threshold"] = _cut_for(plan, data, result, loop.threshold)
     loop = replace(loop, threshold=threshold)
-    final = _final_scores(plan, data, result, threshold)
+    final = _final_scores(plan, data, result, threshold, depth)
     metadata = version_metadata(plan, data, result, final, base, validation, loop, transfer)
     if not plan.export:
         return None, metadata
@@ -219,26 +219,39 @@ def _fit(
     return train(model, train_set, watch, loop, spec.buffer, on_progress), transfer
 
 
-def _threshold_for(
+def _cut_for(
     plan: TrainingPlan, data: Prepared, result: TrainResult, default: float
-) -> tuple[float, dict[str, Any]]:
-    """The version's building threshold and how it was chosen: the best object F1 on the
-    tune split, never on validation (its scores would then flatter the version). With no
-    tune split a fine-tune keeps its starting version's threshold."""
+) -> tuple[tuple[float, float | None], dict[str, Any]]:
+    """The version's building threshold and watershed depth (`model.instances`), and how
+    they were chosen: the best object F1 on the tune split, never on validation (its
+    scores would then flatter the version). With no tune split a fine-tune keeps its
+    starting version's."""
     if plan.chips.multiclass:
-        return default, {"value": default, "chosen_on": "none: classes are an argmax"}
+        return (default, None), {"value": default, "chosen_on": "none: classes are an argmax"}
     if not data.tune:
         if plan.init_from is not None:
-            start = read_metadata(plan.init_from)["threshold"]
-            return float(start), {"value": start, "chosen_on": "the starting version's"}
-        return default, {"value": default, "chosen_on": "none: no tune split"}
+            start = read_metadata(plan.init_from)
+            cut, depth = float(start["threshold"]), start.get("peak_depth")
+            record = {"value": cut, "peak_depth": depth, "chosen_on": "the starting version's"}
+            return (cut, depth), record
+        return (default, None), {"value": default, "chosen_on": "none: no tune split"}
     loader = DataLoader(ChipDataset(data.tune, plan.chips, train=False), batch_size=8)
-    cut, curve = choose_threshold(result.model, loader, plan.chips.buffer, plan.loop.min_area)
-    return cut, {"value": cut, "chosen_on": "tune split", "object_f1_by_threshold": curve}
+    chosen = choose_cut(result.model, loader, plan.chips.buffer, plan.loop.min_area)
+    return (chosen.threshold, chosen.peak_depth), {
+        "value": chosen.threshold,
+        "peak_depth": chosen.peak_depth,
+        "chosen_on": "tune split",
+        "object_f1_by_threshold": chosen.by_threshold,
+        "object_f1_by_peak_depth": chosen.by_peak_depth,
+    }
 
 
 def _final_scores(
-    plan: TrainingPlan, data: Prepared, result: TrainResult, threshold: float
+    plan: TrainingPlan,
+    data: Prepared,
+    result: TrainResult,
+    threshold: float,
+    peak_depth: float | None,
 ) -> dict[str, float]:
     val_set = ChipDataset(data.val, plan.chips, train=False)
     loader = DataLoader(val_set, batch_size=plan.loop.batch_size)
@@ -247,4 +260,5 @@ def _final_scores(
         result.model, loader, plan.chips.buffer, threshold, plan.loop.min_area,
         class_names=plan.chips.classes,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
+        peak_depth=peak_depth,
     )  # fmt: skip

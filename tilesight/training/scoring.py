@@ -9,10 +9,11 @@ as the model, so the metadata says how much the network adds over trivial rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from tilesight.errors import InvalidInput
 from tilesight.model.data import IGNORE, Chip, ChipDataset, ChipSpec, cache_chips
 from tilesight.model.export import load_model
-from tilesight.model.instances import border_channel, split_instances
+from tilesight.model.instances import PEAK_DEPTHS, border_channel, split_instances
 from tilesight.model.labels import read_labels
 from tilesight.model.metrics import (
     ClassConfusion,
@@ -125,11 +126,33 @@ def score_version(
     threshold: float | None = None,
     min_area: int = 10,
     only_tiles: Collection[Tile] | None = None,
+    peak_depth: float | None | Literal["version"] = "version",
 ) -> dict[str, float]:
     """Score a model version on every tile of a labelled area at the model's zoom (or on
     `only_tiles` of it, the part a fine-tune did not see), with the labels read the way
-    it was trained (footprints, or its classes)."""
+    it was trained (footprints, or its classes), its objects cut as the version's
+    metadata says unless `threshold` or `peak_depth` say otherwise."""
     model, meta = load_model(version_dir)
+    spec, chips = version_chips(model, meta, imagery, labels, cache_dir, only_tiles)
+    loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
+    thr = threshold if threshold is not None else meta["threshold"]
+    depth = meta.get("peak_depth") if peak_depth == "version" else peak_depth
+    scores = validation_scores(
+        model, loader, spec.buffer, thr, min_area, class_names=spec.classes, peak_depth=depth
+    )
+    return {**scores, "tiles": len(chips), "ignore_value": IGNORE}
+
+
+def version_chips(
+    model: SegmentationModel,
+    meta: dict[str, Any],
+    imagery: Path,
+    labels: Path,
+    cache_dir: Path | None = None,
+    only_tiles: Collection[Tile] | None = None,
+) -> tuple[ChipSpec, list[Chip]]:
+    """A labelled area's chips as a loaded version reads them: its zoom, context and
+    classes; every tile of the area, or `only_tiles` of it."""
     chips_meta = meta.get("hyperparameters", {}).get("chips", {})
     multiclass = model.config.activation == "softmax"
     spec = ChipSpec(
@@ -146,11 +169,7 @@ def score_version(
         keep = set(only_tiles)
         tiles = [t for t in tiles if t in keep]
     cache = cache_dir if cache_dir is not None else get_settings().home / "chips"
-    chips = cache_chips(reader, found, tiles, spec, cache)
-    loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
-    thr = threshold if threshold is not None else meta["threshold"]
-    scores = validation_scores(model, loader, spec.buffer, thr, min_area, class_names=spec.classes)
-    return {**scores, "tiles": len(chips), "ignore_value": IGNORE}
+    return spec, cache_chips(reader, found, tiles, spec, cache)
 
 
 def validation_scores(
@@ -163,12 +182,14 @@ def validation_scores(
     autocast: Any = None,
     class_names: tuple[str, ...] = (),
     class_weights: torch.Tensor | None = None,
+    peak_depth: float | None = None,
 ) -> dict[str, float]:
     """Loss and metrics on the tile proper (context pixels are for the model only).
 
     Buildings: pixel and object scores, objects split along the predicted border when
-    the model has that class. Multi-class: per-class IoU/F1 and their means, from the
-    argmax of the class probabilities (`class_names` given)."""
+    the model has that class, or at probability dips `peak_depth` deep. Multi-class:
+    per-class IoU/F1 and their means, from the argmax of the class probabilities
+    (`class_names` given)."""
     device = device or next(model.parameters()).device
     metrics: SegmentationMetrics | ClassConfusion
     metrics = ClassConfusion(class_names) if class_names else SegmentationMetrics(min_area)
@@ -189,10 +210,22 @@ def validation_scores(
             inst = batch["instances"].numpy()[core]
             valid = batch["target"][:, 0].numpy()[core] != IGNORE
             for p, t, v in zip(prob, inst, valid, strict=True):
-                objects = split_instances(p[0], p[1], threshold, min_area) if has_border else None
+                objects = _objects(p, has_border, threshold, min_area, peak_depth)
                 metrics.update(p[0] >= threshold, t, v, objects)
     model.train(model_was_training)
     return {"loss": float(np.mean(losses)) if losses else 0.0, **metrics.scores()}
+
+
+def _objects(
+    prob: np.ndarray, has_border: bool, cut: float, min_area: int, peak_depth: float | None
+) -> np.ndarray | None:
+    """One tile's predicted instances, or None where they are the mask's components (the
+    metrics label those themselves)."""
+    if has_border:
+        return split_instances(prob[0], prob[1], cut, min_area)
+    if peak_depth is not None:
+        return split_instances(prob[0], None, cut, min_area, peak_depth=peak_depth)
+    return None
 
 
 #: cuts tried when a run picks its threshold; the ends stay away from 0 and 1, where
@@ -200,35 +233,69 @@ def validation_scores(
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
 
-def choose_threshold(
+@dataclass(frozen=True)
+class Cut:
+    """How a version turns probabilities into buildings, and the tune-split object F1
+    of every candidate it was chosen from."""
+
+    threshold: float
+    peak_depth: float | None
+    by_threshold: dict[str, float]
+    by_peak_depth: dict[str, float]
+
+
+def choose_cut(
     model: SegmentationModel,
     loader: DataLoader,
     buffer: int,
     min_area: int = 10,
-    candidates: Sequence[float] = THRESHOLDS,
-) -> tuple[float, dict[str, float]]:
-    """The building threshold with the best object F1 on these chips (a tune split), and
-    the F1 of every candidate; a tie goes to the cut nearest 0.5.
+    thresholds: Sequence[float] = THRESHOLDS,
+    depths: Sequence[float | None] = PEAK_DEPTHS,
+) -> Cut:
+    """The building threshold, then the watershed depth at it, with the best object F1
+    on these chips (a tune split); ties go to the cut nearest 0.5 and to no split.
 
-    Object F1 is what a user gets, and the cut moves it more than pixel IoU: a higher cut
-    parts touching roofs and drops faint blobs, a lower one joins a roof's fragments.
-    The model runs once; every cut is counted on the same probabilities, batch by batch,
-    so a tune split of any size costs no memory beyond one batch."""
+    Object F1 is what a user gets, and both move it more than pixel IoU: a higher cut
+    parts touching roofs and drops faint blobs, a lower one joins a roof's fragments; the
+    split parts roofs whose wall the probability only dips along. Two passes of the
+    model, every candidate of a pass counted on the same probabilities batch by batch, so
+    a tune split of any size costs no memory beyond one batch, and the watershed runs
+    only at the chosen threshold. A border model splits along its border instead."""
     has_border = model.config.classes > 1
-    core = (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
-    metrics = {cut: SegmentationMetrics(min_area) for cut in candidates}
+    by_threshold = _object_f1(
+        model, loader, buffer, min_area, {f"{t:g}": (t, None) for t in thresholds}, has_border
+    )
+    best = max(thresholds, key=lambda t: (by_threshold[f"{t:g}"], -abs(t - 0.5)))
+    if has_border:
+        return Cut(float(best), None, by_threshold, {})
+    split = {f"{d:g}": (best, d) for d in depths if d is not None}
+    by_depth = {"none": by_threshold[f"{best:g}"]}
+    by_depth |= _object_f1(model, loader, buffer, min_area, split, False)
+    depth = max(depths, key=lambda d: (by_depth["none" if d is None else f"{d:g}"], d is None))
+    return Cut(float(best), depth, by_threshold, by_depth)
+
+
+def _object_f1(
+    model: SegmentationModel,
+    loader: DataLoader,
+    buffer: int,
+    min_area: int,
+    candidates: Mapping[str, tuple[float, float | None]],
+    has_border: bool,
+) -> dict[str, float]:
+    """Object F1 of each (threshold, peak depth) candidate, on one run of the model."""
+    counts = {name: SegmentationMetrics(min_area) for name in candidates}
     model_was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    core = (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
     with torch.inference_mode():
         for batch in loader:
             prob = torch.sigmoid(model.logits(batch["image"].to(device)).float()).cpu().numpy()
             valid = batch["target"][:, 0].numpy()[core] != IGNORE
             for p, t, v in zip(prob[core], batch["instances"].numpy()[core], valid, strict=True):
-                for cut, counts in metrics.items():
-                    objects = split_instances(p[0], p[1], cut, min_area) if has_border else None
-                    counts.update(p[0] >= cut, t, v, objects)
+                for name, (cut, depth) in candidates.items():
+                    objects = _objects(p, has_border, cut, min_area, depth)
+                    counts[name].update(p[0] >= cut, t, v, objects)
     model.train(model_was_training)
-    curve = {f"{cut:g}": round(float(m.scores()["object_f1"]), 4) for cut, m in metrics.items()}
-    best = max(candidates, key=lambda c: (curve[f"{c:g}"], -abs(c - 0.5)))
-    return float(best), curve
+    return {name: round(float(m.scores()["object_f1"]), 4) for name, m in counts.items()}

@@ -70,9 +70,8 @@ def runtime() -> Runtime:
     return Runtime(settings, factory, asyncio.new_event_loop(), job_context(settings))
 
 
-def _predictor(
-    rt: Runtime, job_id: uuid.UUID
-) -> tuple[ChunkPredictor, list[dict[str, Any]] | None, float] | None:
+def _predictor(rt: Runtime, job_id: uuid.UUID) -> tuple[ChunkPredictor, dict[str, Any]] | None:
+    """The job's predictor and its model version's metadata (classes, threshold, depth)."""
     with rt.factory() as session:
         job = session.get(tables.Job, job_id)
         if job is None:
@@ -81,7 +80,7 @@ def _predictor(
         model, version = job.model_name, job.model_version
     meta = registry.model_metadata(rt.settings, model, version)
     predict = chunk_predictor(rt.ctx, rt.loop, model, version, source)
-    return predict, meta.get("classes"), float(meta.get("threshold", 0.5))
+    return predict, meta
 
 
 def _retry(task: Task, exc: Exception, limit: int) -> Exception:
@@ -118,10 +117,11 @@ def run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
         found = _predictor(rt, jid)
         if found is None:
             return {"state": "skipped"}
-        predict_fn, classes, threshold = found
+        predict_fn, meta = found
         result = chunk.run_chunk(
-            rt.factory, jid, index, predict=predict_fn, classes=classes, threshold=threshold
-        )
+            rt.factory, jid, index, predict=predict_fn, classes=meta.get("classes"),
+            threshold=float(meta.get("threshold", 0.5)), peak_depth=meta.get("peak_depth"),
+        )  # fmt: skip
     except Exception as exc:
         attempts = self.request.retries + 1
         limit = MAX_TRANSIENT_RETRIES if is_transient(exc) else MAX_RETRIES
