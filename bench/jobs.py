@@ -6,8 +6,12 @@ the demo data, then for each `prediction_block` (1: a window per tile, the refer
 at a time each), submits the same AOI (the demo chips' own tiles), waits for the job and
 prints the figures, with the job's object F1 so a faster block is seen to find the same
 buildings. The prediction cache is not used by jobs, so every run infers every tile.
+`--split off model` runs each job twice: without the watershed that parts touching roofs
+(the job option `peak_depth` 0, the reference) and with the model version's own depth,
+so its cost in the vectorise stage and its effect on F1 are side by side.
 
     .venv/bin/python bench/jobs.py                       # blocks 1, 2 x 1, 2, 4 workers
+    .venv/bin/python bench/jobs.py --blocks 2 --workers 1 --split off model
     .venv/bin/python bench/jobs.py --workers 1 --source nairobi --json out.json
 """
 
@@ -36,6 +40,7 @@ from tilesight.settings import PROJECT_ROOT, Settings
 from tilesight.stack import Stack, bring_up, isolated_settings, settings_env
 
 STAGES = ("read", "infer", "vectorize", "write", "merge")
+SPLITS: dict[str, dict[str, Any]] = {"off": {"peak_depth": 0}, "model": {}}  # job options
 
 
 def start_workers(settings: Settings, n: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
@@ -79,9 +84,11 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def run_job(client: httpx.Client, source: str, aoi: dict[str, Any]) -> dict[str, Any]:
+def run_job(
+    client: httpx.Client, source: str, aoi: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    response = client.post("/jobs", json={"source": source, "aoi": aoi})
+    response = client.post("/jobs", json={"source": source, "aoi": aoi, "options": options})
     response.raise_for_status()
     job_id = response.json()["id"]
     while True:
@@ -106,6 +113,11 @@ def main() -> None:
         help="prediction_block values to run, each with every worker count (1: a window "
         "per tile, the reference)",
     )  # fmt: skip
+    parser.add_argument(
+        "--split", nargs="+", choices=SPLITS, default=["model"],
+        help="off: no watershed split of touching roofs (job option peak_depth 0); model: "
+        "the version's own peak_depth",
+    )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -127,9 +139,9 @@ def main() -> None:
                 worker_settings = settings.model_copy(update={"prediction_block": block})
                 procs = start_workers(worker_settings, n, settings.run_dir)
                 try:
-                    for _ in range(args.repeat):
-                        job = run_job(client, source["id"], aoi)
-                        results.append({"block": block, **summarise(n, job)})
+                    for _, split in itertools.product(range(args.repeat), args.split):
+                        job = run_job(client, source["id"], aoi, SPLITS[split])
+                        results.append({"block": block, "split": split, **summarise(n, job)})
                         print_row(results[-1])
                 finally:
                     stop_workers(procs)
@@ -186,12 +198,13 @@ def print_scaling(results: list[dict[str, Any]]) -> None:
     first = results[0]
     base = first["tiles_per_s"] or 1.0
     curve = ", ".join(
-        f"block {r['block']} x {r['workers']} -> {r['tiles_per_s']:.2f} "
+        f"block {r['block']} x {r['workers']} split {r['split']} -> {r['tiles_per_s']:.2f} "
         f"({r['tiles_per_s'] / base:.2f}x, F1 {r['object_f1']})"
         for r in results
     )
     print(
-        f"tiles/s against block {first['block']} with {first['workers']} worker(s): {curve}",
+        f"tiles/s against block {first['block']}, split {first['split']}, with "
+        f"{first['workers']} worker(s): {curve}",
         flush=True,
     )
 
@@ -199,7 +212,8 @@ def print_scaling(results: list[dict[str, Any]]) -> None:
 def print_row(r: dict[str, Any]) -> None:
     shares = " ".join(f"{s} {r['stage_share'][s]:.0%}" for s in STAGES)
     print(
-        f"block={r['block']} workers={r['workers']} tiles={r['tiles']} chunks={r['chunks']} "
+        f"block={r['block']} split={r['split']} workers={r['workers']} tiles={r['tiles']} "
+        f"chunks={r['chunks']} "
         f"km2={r['area_km2']:.3f} wall={r['wall_s']:.1f}s tiles/s={r['tiles_per_s']:.2f} "
         f"km2/min={r['km2_per_min']:.3f} buildings={r['buildings']} F1={r['object_f1']} | {shares}",
         flush=True,

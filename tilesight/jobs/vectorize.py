@@ -25,6 +25,7 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 from rasterio import features
+from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry import shape as to_shape
 from shapely.geometry.polygon import orient
@@ -140,8 +141,8 @@ def vectorize(
     shapely.prepare(aoi_merc)
     out: list[Footprint] = []
     min_area_px = max(math.ceil(min_area / res**2), 1)
-    cut = params.threshold
-    for poly in outlines(mosaic, border, transform, cut, min_area_px, params.peak_depth):
+    traced = outlines(mosaic, border, transform, params.threshold, min_area_px, params.peak_depth)
+    for poly in traced:
         if poly.area < min_area:
             continue
         confidence = _mean_inside(mosaic, poly, transform)
@@ -172,36 +173,39 @@ def outlines(
     without one, at the probability's dips (`peak_depth`).
 
     `split_instances` never joins or cuts across two separate blobs of the mask, so it
-    runs blob by blob, on the blobs that may split: the same instances as over the whole
-    mosaic, without labelling a 1024 px mosaic pixel by pixel (seconds per chunk)."""
+    runs blob by blob, in a window around each blob that may split, and the others are
+    traced together: the same instances as a split of the whole mosaic, at a fraction of
+    its cost (the watershed sorts every pixel it is given: over a 1024 px mosaic, 1.2 s
+    against about 0.3 s blob by blob)."""
     mask = mosaic >= threshold
-    blobs = features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=transform)
     if border is None and peak_depth is None:
-        yield from (to_shape(g) for g, _ in blobs)
+        yield from _traced(mask, transform)
         return
     cut = mask & (border >= threshold) if border is not None else None
-    inv = ~transform
     m = 0 if border is not None else PEAK_REACH_PX  # the smoothing's reach, inside the window
-    for geojson, _ in blobs:
-        blob = to_shape(geojson)
-        minx, miny, maxx, maxy = blob.bounds
-        c0, r0 = (round(v) for v in inv @ (minx, maxy))
-        c1, r1 = (round(v) for v in inv @ (maxx, miny))
-        small = blob.area < 2 * min_area_px * transform.a**2  # room for one building only
-        if small or (cut is not None and not cut[r0:r1, c0:c1].any()):
-            yield blob
+    blobs, _ = ndimage.label(mask)  # 4-connected, as traced
+    whole = np.zeros(mask.shape, bool)
+    for k, (rows, cols) in enumerate(ndimage.find_objects(blobs), start=1):
+        blob = blobs[rows, cols] == k
+        small = np.count_nonzero(blob) < 2 * min_area_px  # room for one building only
+        if small or (cut is not None and not cut[rows, cols][blob].any()):
+            whole[rows, cols] |= blob
             continue
-        r0, c0 = max(r0 - m, 0), max(c0 - m, 0)
-        r1, c1 = min(r1 + m, mosaic.shape[0]), min(c1 + m, mosaic.shape[1])
-        window = transform @ Affine.translation(c0, r0)
-        inside = features.geometry_mask(
-            [blob], out_shape=(r1 - r0, c1 - c0), transform=window, invert=True
-        )
-        building = np.where(inside, mosaic[r0:r1, c0:c1], 0)
+        r0, c0 = max(rows.start - m, 0), max(cols.start - m, 0)
+        r1, c1 = min(rows.stop + m, mask.shape[0]), min(cols.stop + m, mask.shape[1])
+        building = np.where(blobs[r0:r1, c0:c1] == k, mosaic[r0:r1, c0:c1], 0)
         edge = border[r0:r1, c0:c1] if border is not None else None
         labels = split_instances(building, edge, threshold, min_area_px, peak_depth=peak_depth)
+        window = transform @ Affine.translation(c0, r0)
         for g, _ in features.shapes(labels, mask=labels > 0, connectivity=4, transform=window):
             yield to_shape(g)
+    yield from _traced(whole, transform)
+
+
+def _traced(mask: np.ndarray, transform: Affine) -> Iterator[Polygon]:
+    """One polygon per 4-connected blob of the mask."""
+    blobs = features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=transform)
+    return (to_shape(g) for g, _ in blobs)
 
 
 def square_off(poly: Polygon, min_fill: float) -> Polygon:

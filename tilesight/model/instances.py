@@ -105,6 +105,6 @@ def _watershed(building: np.ndarray, mask: np.ndarray, depth: float, min_area: i
     tops = reconstruction(smooth - depth, smooth, method="dilation")
     peaks, _ = ndimage.label(local_maxima(tops) & mask)
     labels = watershed(-smooth, peaks, mask=mask).astype(np.int32)
-    rest = label_components(mask & (labels == 0), min_area)  # blobs without a peak
+    rest, _ = ndimage.label(mask & (labels == 0))  # blobs without a peak
     labels = np.where(rest > 0, rest + labels.max(), labels)
     return drop_small(labels, min_area)
