@@ -50,7 +50,7 @@ def test_job_reports_progress_and_timings(done_job: dict[str, Any]) -> None:
 
 def test_polygons_lie_on_buildings(client: httpx.Client, done_job: dict[str, Any]) -> None:
     # The demo model is small and trained on a few hundred buildings: over all 46 Tanzania
-    # demo tiles its jobs score object F1 0.50 (bench/jobs.py), and on these 12 tiles even
+    # demo tiles its jobs score object F1 0.54 (bench/jobs.py), and on these 12 tiles even
     # an early 2-epoch version scored 0.35. The floor sits below both, so a regression in
     # stitching, vectorising or georeferencing (which sends F1 towards 0) fails while the
     # model's own noise does not.
