@@ -105,8 +105,9 @@ def finetune(
     out: str, version: Path, args: argparse.Namespace, work: Path, cut: Cut | None = None
 ) -> dict:
     """Fine-tune the fold's model on a third of the left-out place; score the other two
-    thirds before and after, with the defaults a small-area fine-tune uses, both at the
-    fold version's own cut or both at `cut` (chosen in-place by --rescore)."""
+    thirds before (at the fold version's own cut, or at `cut`, chosen in-place by
+    --rescore) and after (at the cut the fine-tune chose for itself, as a job would),
+    with the defaults a small-area fine-tune uses."""
     how: dict[str, Any] = {"threshold": cut.threshold, "peak_depth": cut.peak_depth} if cut else {}
     imagery, labels = PLACES[out]
     reader = open_imagery(imagery)
@@ -129,7 +130,7 @@ def finetune(
     start = time.perf_counter()
     tuned, _ = run_training(run)
     seconds = time.perf_counter() - start
-    after = score_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest, **how)
+    after = score_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest)
     return {
         "ft_tiles": len(part),
         "ft_buildings": len(json.loads(part_labels.read_text())["features"]),

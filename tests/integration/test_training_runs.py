@@ -224,13 +224,15 @@ def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
     version = run["result_version"]
     meta = json.loads((settings.model_repo / "buildings" / str(version) / "metadata.json")
                       .read_text())  # fmt: skip
-    # no tune split in two tiles: the threshold is the starting version's, not fitted to
-    # the validation tiles its scores are read on
-    start = json.loads((settings.model_repo / "buildings" / str(base) / "metadata.json")
-                       .read_text())  # fmt: skip
-    assert validation["threshold"]["chosen_on"] == "the starting version's"
-    assert meta["threshold"] == start["threshold"]
-    assert meta["peak_depth"] == start.get("peak_depth")
+    # no tune split in two tiles: the cut is chosen on the validation tiles, as the epoch
+    # is, and the run says so (the base's cut does not fit the tuned weights)
+    cut = validation["threshold"]
+    assert cut["chosen_on"].startswith("validation split"), cut
+    assert "optimistic" in cut["chosen_on"]
+    assert meta["threshold"] == cut["value"] and meta["peak_depth"] == cut["peak_depth"]
+    assert cut["object_f1_by_threshold"][f"{meta['threshold']:g}"] == max(
+        cut["object_f1_by_threshold"].values()
+    )
     seeded = meta["hyperparameters"]["init_from"]
     assert seeded["version_dir"].endswith(f"buildings/{base}") and seeded["tensors_loaded"] > 0
     ready = httpx.get(
