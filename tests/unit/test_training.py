@@ -15,6 +15,7 @@ from tilesight.errors import InvalidInput
 from tilesight.model.data import (
     IGNORE,
     ChipDataset,
+    ChipSpec,
     border_mask,
     cache_chips,
     keep_empty,
@@ -291,3 +292,32 @@ def test_the_split_depth_is_chosen_by_object_f1_where_no_threshold_parts_the_roo
     assert cut.by_peak_depth["none"] == 0.0 and cut.by_peak_depth["0.05"] == 1.0
     assert cut.by_peak_depth["0.3"] == 0.0
     assert cut.peak_depth == 0.05
+
+
+def test_a_fine_tune_with_no_building_to_validate_on_keeps_its_base_s_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retrain whose validation tiles hold no building (a reviewed box of empty yards)
+    cannot rank cuts (every one scores 0), so it keeps the starting version's instead of
+    falling to the first candidate; with buildings there, it chooses on them."""
+    from types import SimpleNamespace
+
+    from tilesight.training import pipeline
+
+    base = tmp_path / "7"
+    base.mkdir()
+    (base / "metadata.json").write_text(json.dumps({"threshold": 0.65, "peak_depth": 0.15}))
+    prob, truth = _three_roofs(0.75)
+    chips = ChipSpec(buffer=0, jitter=0)  # the painted picture is all core
+    plan = SimpleNamespace(chips=chips, init_from=base, loop=SimpleNamespace(min_area=10))
+    data = SimpleNamespace(tune=[], val=["a validation chip"])
+    result = SimpleNamespace(model=_Painted(prob))
+    monkeypatch.setattr(pipeline, "positive_share", lambda chips, spec: 0.0)
+    (cut, depth), record = pipeline._cut_for(plan, data, result, 0.5)  # type: ignore[arg-type]
+    assert (cut, depth) == (0.65, 0.15) and record["chosen_on"].startswith("the starting")
+
+    monkeypatch.setattr(pipeline, "positive_share", lambda chips, spec: 0.3)
+    monkeypatch.setattr(pipeline, "DataLoader", lambda chips, batch_size: [_one_batch(truth)])
+    monkeypatch.setattr(pipeline, "ChipDataset", lambda chips, spec, train: chips)
+    (cut, depth), record = pipeline._cut_for(plan, data, result, 0.5)  # type: ignore[arg-type]
+    assert (cut, depth) == (0.5, 0.05) and record["chosen_on"].startswith("validation split")

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from tilesight.model.data import ChipDataset, ChipSpec, Prepared, prepare
-from tilesight.model.export import export_model
+from tilesight.model.export import export_model, read_metadata
 from tilesight.settings import get_settings
 from tilesight.training.distributed import process_group
 from tilesight.training.loop import (
@@ -233,12 +233,17 @@ def _cut_for(
         return (default, None), {"value": default, "chosen_on": "none: classes are an argmax"}
     if data.tune:
         chips, chosen_on = data.tune, "tune split"
-    elif plan.init_from is not None and data.val:
+    elif plan.init_from is not None and positive_share(data.val, plan.chips) > 0:
         chips = data.val
         chosen_on = (
             "validation split (a small area leaves no tune split; the version's validation "
             "scores are then optimistic)"
         )
+    elif plan.init_from is not None:  # no building to choose by: every cut scores 0
+        start = read_metadata(plan.init_from)
+        cut, depth = float(start["threshold"]), start.get("peak_depth")
+        chosen_on = "the starting version's (no tune split, no building in validation)"
+        return (cut, depth), {"value": cut, "peak_depth": depth, "chosen_on": chosen_on}
     else:
         return (default, None), {"value": default, "chosen_on": "none: no tune split"}
     loader = DataLoader(ChipDataset(chips, plan.chips, train=False), batch_size=8)
