@@ -224,15 +224,15 @@ def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
     version = run["result_version"]
     meta = json.loads((settings.model_repo / "buildings" / str(version) / "metadata.json")
                       .read_text())  # fmt: skip
-    # no tune split in two tiles: the cut is chosen on the validation tiles, as the epoch
-    # is, and the run says so (the base's cut does not fit the tuned weights)
+    # no tune split in two tiles. The cut is chosen on the validation tiles, as the epoch
+    # is, when they hold a building; here the one validation tile the split holds back
+    # has none (every cut would score 0), so the run keeps its base's cut and says why
+    start = json.loads((settings.model_repo / "buildings" / str(base) / "metadata.json")
+                       .read_text())  # fmt: skip
     cut = validation["threshold"]
-    assert cut["chosen_on"].startswith("validation split"), cut
-    assert "optimistic" in cut["chosen_on"]
-    assert meta["threshold"] == cut["value"] and meta["peak_depth"] == cut["peak_depth"]
-    assert cut["object_f1_by_threshold"][f"{meta['threshold']:g}"] == max(
-        cut["object_f1_by_threshold"].values()
-    )
+    assert validation["val_tiles"] == 1, validation
+    assert cut["chosen_on"] == "the starting version's (no tune split, no building in validation)"
+    assert (meta["threshold"], meta["peak_depth"]) == (start["threshold"], start["peak_depth"])
     seeded = meta["hyperparameters"]["init_from"]
     assert seeded["version_dir"].endswith(f"buildings/{base}") and seeded["tensors_loaded"] > 0
     ready = httpx.get(
