@@ -32,6 +32,7 @@ from shapely.geometry.polygon import orient
 
 from tilesight.jobs.plan import GEOD, Tile
 from tilesight.model.instances import PEAK_REACH_PX, border_channel, split_instances
+from tilesight.model.metrics import label_components
 
 TO_MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
 TO_LONLAT = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
@@ -183,7 +184,7 @@ def outlines(
         return
     cut = mask & (border >= threshold) if border is not None else None
     m = 0 if border is not None else PEAK_REACH_PX  # the smoothing's reach, inside the window
-    blobs, _ = ndimage.label(mask)  # 4-connected, as traced
+    blobs = label_components(mask)  # 4-connected, as traced
     whole = np.zeros(mask.shape, bool)
     for k, (rows, cols) in enumerate(ndimage.find_objects(blobs), start=1):
         blob = blobs[rows, cols] == k

@@ -103,8 +103,8 @@ def _watershed(building: np.ndarray, mask: np.ndarray, depth: float, min_area: i
     # `depth` becomes one plateau, so it makes one seed (skimage's h_maxima would mark
     # each of its summits apart)
     tops = reconstruction(smooth - depth, smooth, method="dilation")
-    peaks, _ = ndimage.label(local_maxima(tops) & mask)
+    peaks = label_components(local_maxima(tops) & mask)
     labels = watershed(-smooth, peaks, mask=mask).astype(np.int32)
-    rest, _ = ndimage.label(mask & (labels == 0))  # blobs without a peak
+    rest = label_components(mask & (labels == 0))  # blobs without a peak
     labels = np.where(rest > 0, rest + labels.max(), labels)
     return drop_small(labels, min_area)

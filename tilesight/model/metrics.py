@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 
 def _ratio(a: float, b: float) -> float:
@@ -48,29 +49,12 @@ class PixelCounts:
 
 
 def label_components(mask: np.ndarray, min_area: int = 0) -> np.ndarray:
-    """Instance ids (1..n) for the 4-connected components of a boolean mask.
-
-    Max-label propagation with pointer jumping (no scipy dependency): it stays fast on
-    the speckled masks of an untrained model, where polygonising every speck is not.
-    """
-    mask = np.asarray(mask, bool)
-    if not mask.any():
-        return np.zeros(mask.shape, np.int32)
-    lab = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
-    while True:
-        new = lab.copy()
-        np.maximum(new[1:], lab[:-1], out=new[1:])
-        np.maximum(new[:-1], lab[1:], out=new[:-1])
-        np.maximum(new[:, 1:], lab[:, :-1], out=new[:, 1:])
-        np.maximum(new[:, :-1], lab[:, 1:], out=new[:, :-1])
-        new[~mask] = 0
-        flat = new.ravel()
-        fg = flat > 0
-        flat[fg] = flat[flat[fg] - 1]  # jump to the label of the pixel our label names
-        if np.array_equal(new, lab):
-            break
-        lab = new
-    return drop_small(lab, min_area)
+    """Instance ids (1..n) for the 4-connected components of a boolean mask, without
+    those of fewer than `min_area` pixels. The one labelling every object count, split
+    and outline goes through (scipy's, in C: a 1024 px chunk mosaic in milliseconds)."""
+    labels, _ = ndimage.label(np.asarray(mask, bool))  # 4-connected in 2-D, ids 1..n
+    labels = labels.astype(np.int32, copy=False)
+    return drop_small(labels, min_area) if min_area > 1 else labels  # a sort: only if asked
 
 
 def drop_small(labels: np.ndarray, min_area: int = 0) -> np.ndarray:
