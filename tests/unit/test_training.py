@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mercantile
 import numpy as np
 import pytest
+import rasterio
 import torch
 
 from tests.unit.chips_support import SPEC
@@ -23,7 +25,7 @@ from tilesight.model.data import (
     split_by_blocks,
     split_small_area,
 )
-from tilesight.model.sources import ChipFolder, load_footprints, prepare_tiles
+from tilesight.model.sources import ChipFolder, RasterImagery, load_footprints, prepare_tiles
 from tilesight.model.unet import SegmentationModel, UNetConfig
 from tilesight.training.augment import GEOMETRY_ONLY, Augment, augment, rescale
 from tilesight.training.loop import TrainConfig, train
@@ -89,6 +91,42 @@ def test_a_small_area_is_split_by_finer_blocks(tmp_path: Path) -> None:
     assert (len(data.train), len(data.val)) == (3, 1)
     assert data.summary["block_zoom_requested"] == 18 and data.summary["block_zoom"] == 19
     assert {c.tile for c in data.train}.isdisjoint(c.tile for c in data.val)
+
+
+def test_a_small_area_validates_on_a_building_and_trains_on_one() -> None:
+    # the four z19 tiles of one z18 block, buildings on two: a validation tile of empty
+    # yard would score every epoch and every cut 0, so the fine-tune would choose blind
+    tiles = [("a", (x, y, 19)) for x in range(2) for y in range(2)]
+    labelled = {("a", (0, 0, 19)), ("a", (1, 1, 19))}
+    for seed in range(8):
+        train, val, zoom = split_small_area(tiles, 18, 19, 0.25, seed, labelled)
+        assert zoom == 19 and val & labelled and train & labelled, seed
+    # with buildings on one tile only, validating on it would leave nothing to learn from
+    for seed in range(8):
+        train, val, _ = split_small_area(tiles, 18, 19, 0.25, seed, {("a", (0, 0, 19))})
+        assert ("a", (0, 0, 19)) in train or len(val) > 1, seed
+
+
+def test_a_mosaic_with_a_hole_offers_only_the_tiles_with_imagery(tmp_path: Path) -> None:
+    # a GeoTIFF over 3 x 2 z19 tiles, one of them nodata: as a mosaic of chips leaves
+    # holes, and a nodata tile can neither train nor validate
+    x0, y0, z = 315878, 264050, 19
+    left, top = mercantile.xy(*mercantile.ul(x0, y0, z))
+    right, bottom = mercantile.xy(*mercantile.ul(x0 + 3, y0 + 2, z))
+    pixels = np.full((3, 2 * 64, 3 * 64), 120, np.uint8)
+    pixels[:, 64:, 64:128] = 0  # tile (x0 + 1, y0 + 1)
+    path = tmp_path / "mosaic.tif"
+    transform = rasterio.transform.from_bounds(left, bottom, right, top, 192, 128)
+    profile = {"driver": "GTiff", "width": 192, "height": 128, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:3857", "nodata": 0, "transform": transform}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels)
+    inset = 1e-6  # degrees: the area's edges, not the neighbours beyond them
+    w, s = mercantile.lnglat(left, bottom)
+    e, n = mercantile.lnglat(right, top)
+    tiles = RasterImagery(path).tiles(z, (w + inset, s + inset, e - inset, n - inset))
+    everything = {(x0 + dx, y0 + dy, z) for dx in range(3) for dy in range(2)}
+    assert set(tiles) == everything - {(x0 + 1, y0 + 1, z)}
 
 
 def test_one_tile_leaves_nothing_to_validate_on() -> None:

@@ -14,10 +14,12 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import mercantile
 import numpy as np
 import shapely
 import torch
@@ -93,11 +95,29 @@ def block_of(tile: Tile, block_zoom: int) -> Tile:
     return (x >> shift, y >> shift, z - shift)
 
 
+def tiles_holding(geoms: Sequence[shapely.Geometry], zoom: int) -> set[Tile]:
+    """The tiles a footprint stands in (by a point inside it): a sliver of a roof across
+    a tile's edge does not make a tile one to validate buildings on."""
+    points = shapely.point_on_surface(np.asarray(geoms, dtype=object))
+    xs, ys = shapely.get_x(points), shapely.get_y(points)
+    tiles = (mercantile.tile(*mercantile.lnglat(x, y), zoom) for x, y in zip(xs, ys, strict=True))
+    return {(t.x, t.y, t.z) for t in tiles}
+
+
 def split_by_blocks(
-    tiles: Iterable[tuple[str, Tile]], block_zoom: int, val_fraction: float, seed: int
+    tiles: Iterable[tuple[str, Tile]],
+    block_zoom: int,
+    val_fraction: float,
+    seed: int,
+    labelled: Collection[tuple[str, Tile]] = (),
 ) -> tuple[set[tuple[str, Tile]], set[tuple[str, Tile]]]:
     """Assign whole blocks to validation, per source, so every place is evaluated and no
-    validation tile has a training tile from its own block."""
+    validation tile has a training tile from its own block.
+
+    The first block to validation is one holding a `labelled` tile (a building) when two
+    or more blocks do, and the last such block always trains: a validation split of empty
+    yards scores every epoch and every cut 0, so a small fine-tune would choose them
+    blind, and a training split without buildings has nothing to learn."""
     if not 0.0 < val_fraction < 1.0:
         raise InvalidInput(f"val_fraction must be in (0, 1), got {val_fraction}")
     by_source: dict[str, dict[Tile, list[Tile]]] = {}
@@ -109,14 +129,22 @@ def split_by_blocks(
     for source in sorted(by_source):
         blocks = sorted(by_source[source])
         rng.shuffle(blocks)
+        has = {b: any((source, t) in labelled for t in by_source[source][b]) for b in blocks}
+        with_labels = [i for i, b in enumerate(blocks) if has[b]]
+        if len(with_labels) == 1:  # the only block with buildings trains: last in line
+            blocks.append(blocks.pop(with_labels[0]))
+        elif with_labels and with_labels[0] > 0:
+            blocks.insert(0, blocks.pop(with_labels[0]))
+        left = len(with_labels)  # blocks with buildings still left to train on
         total = sum(len(v) for v in by_source[source].values())
         taken = 0
         for i, block in enumerate(blocks):
             member = by_source[source][block]
             to_val = i == 0 or taken + len(member) <= val_fraction * total
-            to_val = to_val and len(blocks) > 1
+            to_val = to_val and len(blocks) > 1 and not (has[block] and left == 1)
             (val if to_val else train).update((source, t) for t in member)
             taken += len(member) if to_val else 0
+            left -= int(to_val and has[block])
     return train, val
 
 
@@ -126,14 +154,20 @@ def split_small_area(
     max_zoom: int,
     val_fraction: float,
     seed: int,
+    labelled: Collection[tuple[str, Tile]] = (),
 ) -> tuple[set[tuple[str, Tile]], set[tuple[str, Tile]], int]:
     """`split_by_blocks` at the coarsest zoom, from `block_zoom` to `max_zoom`, that leaves
-    something to validate on, and that zoom. A fine-tune on a few tiles of a new place
-    fits in one z18 block; finer blocks still keep validation tiles apart from training
-    tiles (their context is blanked), so a small area trains instead of being refused."""
+    something to validate on without taking more than twice `val_fraction` of a source's
+    tiles, and that zoom. A fine-tune on a few tiles of a new place fits in one or two
+    z18 blocks, and one of two blocks to validation would leave the other to train on
+    (the two-tile Nairobi run once trained on 5 buildings and validated on 52); finer
+    blocks still keep validation tiles apart from training tiles (their context is
+    blanked), so a small area trains on most of its buildings instead of being refused."""
+    per_source = Counter(source for source, _ in tiles)
     for zoom in range(block_zoom, max(block_zoom, max_zoom) + 1):
-        train, val = split_by_blocks(tiles, zoom, val_fraction, seed)
-        if val:
+        train, val = split_by_blocks(tiles, zoom, val_fraction, seed, labelled)
+        held = Counter(source for source, _ in val)
+        if val and all(n <= 2 * val_fraction * per_source[s] for s, n in held.items()):
             return train, val, zoom
     return train, val, zoom
 
@@ -274,6 +308,7 @@ def prepare(
     With `tune_fraction`, a further share of the *training* blocks becomes a tune split
     for early stopping and picking the best epoch, so validation is looked at once."""
     readers, footprints, tiles = {}, {}, []
+    labelled: set[tuple[str, Tile]] = set()  # tiles a building stands in
     for imagery, labels in sources:
         reader = open_imagery(imagery)
         if reader.name in readers:
@@ -282,9 +317,11 @@ def prepare(
         found = prepare_tiles(reader, found_labels.extent(), spec.zoom)
         readers[reader.name], footprints[reader.name] = reader, found_labels
         tiles += [(reader.name, t) for t in found]
+        if found_labels.raster is None:  # a class raster's extent is all labelled
+            labelled.update((reader.name, t) for t in tiles_holding(found_labels.geoms, spec.zoom))
     requested = block_zoom
     train_keys, val_keys, block_zoom = split_small_area(
-        tiles, block_zoom, spec.zoom, val_fraction, seed
+        tiles, block_zoom, spec.zoom, val_fraction, seed, labelled
     )
     if not val_keys:
         raise InvalidInput(
@@ -294,7 +331,9 @@ def prepare(
         )
     tune_keys: set[tuple[str, Tile]] = set()
     if tune_fraction:
-        train_keys, tune_keys = split_by_blocks(train_keys, block_zoom, tune_fraction, seed + 1)
+        train_keys, tune_keys = split_by_blocks(
+            train_keys, block_zoom, tune_fraction, seed + 1, labelled
+        )
     train, val, tune = [], [], []
     for name, reader in readers.items():
         t_tiles = sorted(t for src, t in train_keys if src == name)
@@ -307,7 +346,8 @@ def prepare(
     kept = keep_empty(train, empty_ratio, seed, rank_empty)
     summary = {
         "method": f"blocks of tiles at zoom {block_zoom}, whole blocks to validation per "
-        f"source (seed {seed}, target fraction {val_fraction}); training chips read with "
+        f"source, a block holding a building first (seed {seed}, target fraction "
+        f"{val_fraction}); training chips read with "
         "held-out tiles blanked and ignored by the loss"
         + (f"; tune split: {tune_fraction} of training blocks (seed {seed + 1})" if tune else ""),
         "block_zoom": block_zoom,
