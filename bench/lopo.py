@@ -130,6 +130,7 @@ def finetune(
     start = time.perf_counter()
     tuned, _ = run_training(run)
     seconds = time.perf_counter() - start
+    assert tuned is not None  # one process is rank 0, which exports
     after = score_version(tuned, imagery, labels, cache_dir=args.cache, only_tiles=rest)
     return {
         "ft_tiles": len(part),
@@ -177,6 +178,7 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
     start = time.perf_counter()
     version, meta = run_training(run)
     trained_s = time.perf_counter() - start
+    assert version is not None  # one process is rank 0, which exports
     scored = score_version(version, imagery, labels, cache_dir=args.cache, only_tiles=rest)
     tuned = finetune(out, version, args, work) if args.finetune else {}
     return {

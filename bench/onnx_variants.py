@@ -87,7 +87,7 @@ def torch_runner(version_dir: Path, threads: int) -> Runner:
     """PyTorch eager as the python backend ran it before ONNX: fp32, channels_last."""
     torch.set_num_threads(threads)
     model, _ = load_model(version_dir)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

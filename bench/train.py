@@ -43,7 +43,7 @@ def measure(device: str, bf16: bool, channels_last: bool, batch, args) -> tuple[
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = SegmentationModel(UNetConfig(width=args.width, depth=args.depth))
-    model = model.to(device=device, memory_format=fmt).train()
+    model = model.to(device=device, memory_format=fmt).train()  # type: ignore[call-overload]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     image, target = batch["image"].to(device), batch["target"].to(device)

@@ -45,7 +45,7 @@ def flops_per_tile(model: torch.nn.Module, size: int) -> int:
 def measure(model: torch.nn.Module, device: torch.device, size: int, batch: int, dtype: torch.dtype,
             channels_last: bool, seconds: float) -> float:  # fmt: skip
     m = model.to(device)
-    m = m.to(memory_format=torch.channels_last) if channels_last else m
+    m = m.to(memory_format=torch.channels_last) if channels_last else m  # type: ignore[call-overload]
     x = torch.randint(0, 255, (batch, 3, size, size), dtype=torch.uint8, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -97,7 +97,7 @@ def main() -> None:
                        "fraction_of_peak": round(tflops / peak, 4) if peak else None}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    best = max(rows, key=lambda r: r["tiles_per_s"])
+    best = max(rows, key=lambda r: float(r["tiles_per_s"] or 0))
     result = {
         "device": name, "input": [3, size, size], "model": meta.get("architecture"),
         "gflops_per_tile": round(flops / 1e9, 3), "peak_tflops_dense_bf16": peak,
