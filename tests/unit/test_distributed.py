@@ -88,6 +88,10 @@ def test_two_processes_train_one_run_and_export_one_version(tmp: Path) -> None:
     # rank 0 alone reports: each epoch line once, one table, one export line
     assert done.stdout.count("epoch   1  val loss") == 1
     assert done.stdout.count("exported") == 1
+    # and what it trained and validated on, and how its cut was chosen
+    split = meta["split"]
+    assert done.stdout.count(f"split: {split['train_tiles']} training tile(s)") == 1
+    assert done.stdout.count("cut: threshold") == 1
     assert seconds < 60, f"torchrun run took {seconds:.0f} s"
 
 

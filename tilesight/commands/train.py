@@ -147,7 +147,19 @@ def train(**options: Any) -> None:
     if rank != 0:  # rank 0 reports the run and exports its one version
         return
     _print_scores(meta["metrics"], meta["metrics"]["baselines"])
-    console.print(f"validation: {meta['validation']['best_epoch_chosen_on']}")
+    split, validation = meta["split"], meta["validation"]
+    console.print(
+        f"split: {split['train_tiles']} training tile(s) ({split['train_buildings']} buildings), "
+        f"{split['val_tiles']} validation ({split['val_buildings']}), "
+        f"{split['tune_tiles']} tune; blocks of zoom {split['block_zoom']}"
+    )
+    console.print(f"validation: {validation['best_epoch_chosen_on']}")
+    cut = validation.get("threshold", {})
+    if "value" in cut:
+        console.print(
+            f"cut: threshold {cut['value']}, watershed depth {cut.get('peak_depth')}, "
+            f"chosen on {cut['chosen_on']}"
+        )
     console.print(f"[green]✓[/] exported {version_dir_}")
 
 
