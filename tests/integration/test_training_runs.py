@@ -231,6 +231,7 @@ def test_a_fine_tune_on_two_tiles_runs_with_its_own_defaults_and_is_served(
     assert split["block_zoom"] == 19 and split["block_zoom_requested"] == 18, split
     assert 0 < split["val_buildings"] < split["train_buildings"], split
     assert validation["val_tiles"] == split["val_tiles"] <= split["train_tiles"], validation
+    assert validation["val_buildings"] == split["val_buildings"], validation  # the run says
     cut = validation["threshold"]
     assert cut["chosen_on"].startswith("validation split"), cut
     assert (meta["threshold"], meta["peak_depth"]) == (cut["value"], cut["peak_depth"])

@@ -189,6 +189,8 @@ def _loop_for(plan: TrainingPlan, data: Prepared) -> tuple[TrainConfig, dict[str
         "val_tiles": data.summary["val_tiles"],
         "tune_tiles": data.summary["tune_tiles"],
         "train_tiles": data.summary["train_tiles"],
+        "val_buildings": data.summary["val_buildings"],
+        "train_buildings": data.summary["train_buildings"],
         "best_epoch_chosen_on": chosen_on,
     }
     return loop, validation
