@@ -17,15 +17,12 @@ import numpy as np
 import pyproj
 import shapely
 from PIL import Image
-from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.transform import from_bounds
 from shapely.geometry import shape
 
 from tilesight.errors import InvalidInput, Unprocessable
 from tilesight.imagery.chips import parse_chip
-
-WEB_MERCATOR = CRS.from_epsg(3857)
 
 Tile = tuple[int, int, int]  # x, y, z
 
@@ -149,6 +146,8 @@ class RasterImagery:
         """The tiles with some imagery, from one coarse read of the mask over them all: a
         mosaic of chips has holes, and a tile of nodata can neither train nor validate
         (a small area's validation tile once fell in one, so no cut could be chosen)."""
+        from rio_tiler.constants import WEB_MERCATOR_CRS
+
         x0, y0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
         nx, ny = max(t[0] for t in tiles) - x0 + 1, max(t[1] for t in tiles) - y0 + 1
         k = max(1, min(per_tile, 2048 // max(nx, ny)))
@@ -156,7 +155,7 @@ class RasterImagery:
         right, bottom = mercantile.xy(*mercantile.ul(x0 + nx, y0 + ny, tiles[0][2]))
         with self._reader_cls(self.path) as src:
             img = src.part(
-                (left, bottom, right, top), dst_crs=WEB_MERCATOR, bounds_crs=WEB_MERCATOR,
+                (left, bottom, right, top), dst_crs=WEB_MERCATOR_CRS, bounds_crs=WEB_MERCATOR_CRS,
                 width=nx * k, height=ny * k, indexes=1,
             )  # fmt: skip
         seen = np.any((np.asarray(img.mask) > 0).reshape(ny, k, nx, k), axis=(1, 3))
