@@ -83,6 +83,12 @@ def thirds(tiles: list[Tile]) -> tuple[list[Tile], list[Tile]]:
     return part, [t for t in tiles if t not in set(part)]
 
 
+def place_thirds(place: str) -> tuple[list[Tile], list[Tile]]:
+    """A place's z19 tiles as (the labelled third a user would give, the rest scored)."""
+    imagery, labels = PLACES[place]
+    return thirds(prepare_tiles(open_imagery(imagery), load_footprints(labels), 19))
+
+
 def finetune_area(place: str, tiles: list[Tile], work: Path) -> tuple[Path, Path]:
     """The fine-tune third as its own chip folder and labels: nothing of the other two
     thirds is readable during the fine-tune, not even as context."""
@@ -110,9 +116,7 @@ def finetune(
     with the defaults a small-area fine-tune uses."""
     how: dict[str, Any] = {"threshold": cut.threshold, "peak_depth": cut.peak_depth} if cut else {}
     imagery, labels = PLACES[out]
-    reader = open_imagery(imagery)
-    tiles = prepare_tiles(reader, load_footprints(labels), 19)
-    part, rest = thirds(tiles)
+    part, rest = place_thirds(out)
     folder, part_labels = finetune_area(out, part, work)
     before = score_version(version, imagery, labels, cache_dir=args.cache, only_tiles=rest, **how)
     spec = TrainingSpec(
@@ -151,7 +155,7 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
     imagery, labels = PLACES[out]
     rest = None
     if args.with_third:
-        part, rest = thirds(prepare_tiles(open_imagery(imagery), load_footprints(labels), 19))
+        part, rest = place_thirds(out)
         sources.append(finetune_area(out, part, work))
     run = TrainingPlan(
         sources=sources,
