@@ -199,6 +199,21 @@ def test_full_recipe_varies_colour_but_not_labels() -> None:
         Augment.recipe("heavy")
 
 
+def test_scale_recipe_shows_the_same_roof_at_other_ground_resolutions() -> None:
+    torch.manual_seed(0)
+    image = torch.zeros(16, 3, 40, 40, dtype=torch.uint8)
+    image[:, :, 16:24, 16:24] = 255  # an 8 x 8 px roof in the middle
+    target = (image[:, :1] > 0).float()
+
+    def roof_sizes(recipe: str) -> set[int]:
+        _, tgt = augment(image, target, Augment.recipe(recipe))
+        return {int((tgt[i, 0] == 1).sum()) for i in range(16)}
+
+    assert roof_sizes("basic") == {64}
+    sizes = roof_sizes("scale")
+    assert len(sizes) > 3 and min(sizes) < 64 < max(sizes)
+
+
 def test_loss_falls_when_training_on_chips(chips: list, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = SegmentationModel(UNetConfig(width=4, depth=2))

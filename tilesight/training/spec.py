@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 ClassName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 ClassWeight = Annotated[float, Field(ge=0, le=1000)]
 Monitor = Literal["pixel_iou", "f1", "object_f1", "loss"]
-Augmentation = Literal["basic", "full"]
+Augmentation = Literal["basic", "full", "scale"]
 
 #: The defaults of the fields left None, for a run from scratch and for a fine-tune.
 FROM_SCRATCH: dict[str, Any] = {
@@ -112,7 +112,11 @@ class TrainingSpec(BaseModel):
         None, ge=0, le=255, description="the label raster's value for unlabelled pixels"
     )
     monitor: Monitor = Field("pixel_iou", description="score that picks the best epoch")
-    augmentation: Augmentation = Field("basic", description="augmentation recipe")
+    augmentation: Augmentation = Field(
+        "basic",
+        description="augmentation recipe: basic (turns, flips, brightness, contrast), scale "
+        "(basic plus ground resolution 0.5-2x), full (scale 0.7-1.4x plus colour, blur, noise)",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
     block_zoom: int = Field(
         18, ge=10, le=22, description="split train/validation by tiles of this zoom"
