@@ -9,7 +9,7 @@ as the model, so the metadata says how much the network adds over trivial rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,30 +190,57 @@ def validation_scores(
     the model has that class, or at probability dips `peak_depth` deep. Multi-class:
     per-class IoU/F1 and their means, from the argmax of the class probabilities
     (`class_names` given)."""
-    device = device or next(model.parameters()).device
     metrics: SegmentationMetrics | ClassConfusion
     metrics = ClassConfusion(class_names) if class_names else SegmentationMetrics(min_area)
     has_border = model.config.classes > 1 and not class_names
-    losses, model_was_training = [], model.training
-    model.eval()
-    core = (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
-    with torch.inference_mode(), autocast or nullcontext():
-        for batch in loader:
-            logits = model.logits(batch["image"].to(device))
-            target = batch["target"].to(device)
-            losses.append(float(segmentation_loss(logits, target, class_weights=class_weights)))
-            if isinstance(metrics, ClassConfusion):
-                pred = logits.float().argmax(dim=1).cpu().numpy()
-                metrics.update(pred[core], batch["target"].numpy()[core])
-                continue
-            prob = torch.sigmoid(logits.float()).cpu().numpy()[core]
-            inst = batch["instances"].numpy()[core]
-            valid = batch["target"][:, 0].numpy()[core] != IGNORE
-            for p, t, v in zip(prob, inst, valid, strict=True):
-                objects = _objects(p, has_border, threshold, min_area, peak_depth)
-                metrics.update(p[0] >= threshold, t, v, objects)
-    model.train(model_was_training)
+    losses = []
+    for logits, batch in _predicted(model, loader, device, autocast):
+        target = batch["target"].to(logits.device)
+        losses.append(float(segmentation_loss(logits, target, class_weights=class_weights)))
+        if isinstance(metrics, ClassConfusion):
+            core = _core_of(buffer)
+            pred = logits.float().argmax(dim=1).cpu().numpy()
+            metrics.update(pred[core], batch["target"].numpy()[core])
+            continue
+        for p, t, v in _building_tiles(logits, batch, buffer):
+            objects = _objects(p, has_border, threshold, min_area, peak_depth)
+            metrics.update(p[0] >= threshold, t, v, objects)
     return {"loss": float(np.mean(losses)) if losses else 0.0, **metrics.scores()}
+
+
+def _predicted(
+    model: SegmentationModel,
+    loader: DataLoader,
+    device: torch.device | None = None,
+    autocast: Any = None,
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """The model's logits for each batch, in eval mode without gradients; a model that
+    was training is put back to training when the batches run out."""
+    device = device or next(model.parameters()).device
+    model_was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast or nullcontext():
+            for batch in loader:
+                yield model.logits(batch["image"].to(device)), batch
+    finally:
+        model.train(model_was_training)
+
+
+def _core_of(buffer: int) -> tuple[Any, slice, slice]:
+    return (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
+
+
+def _building_tiles(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], buffer: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per tile proper of a building model's batch: probabilities [C, S, S], labelled
+    instances and valid pixels (context pixels are for the model only)."""
+    core = _core_of(buffer)
+    prob = torch.sigmoid(logits.float()).cpu().numpy()[core]
+    inst = batch["instances"].numpy()[core]
+    valid = batch["target"][:, 0].numpy()[core] != IGNORE
+    yield from zip(prob, inst, valid, strict=True)
 
 
 def _objects(
@@ -285,17 +312,9 @@ def _object_f1(
 ) -> dict[str, float]:
     """Object F1 of each (threshold, peak depth) candidate, on one run of the model."""
     counts = {name: SegmentationMetrics(min_area) for name in candidates}
-    model_was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    core = (Ellipsis, slice(buffer, -buffer or None), slice(buffer, -buffer or None))
-    with torch.inference_mode():
-        for batch in loader:
-            prob = torch.sigmoid(model.logits(batch["image"].to(device)).float()).cpu().numpy()
-            valid = batch["target"][:, 0].numpy()[core] != IGNORE
-            for p, t, v in zip(prob[core], batch["instances"].numpy()[core], valid, strict=True):
-                for name, (cut, depth) in candidates.items():
-                    objects = _objects(p, has_border, cut, min_area, depth)
-                    counts[name].update(p[0] >= cut, t, v, objects)
-    model.train(model_was_training)
+    for logits, batch in _predicted(model, loader):
+        for p, t, v in _building_tiles(logits, batch, buffer):
+            for name, (cut, depth) in candidates.items():
+                objects = _objects(p, has_border, cut, min_area, depth)
+                counts[name].update(p[0] >= cut, t, v, objects)
     return {name: round(float(m.scores()["object_f1"]), 4) for name, m in counts.items()}
