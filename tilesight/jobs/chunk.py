@@ -122,9 +122,7 @@ def run_chunk(
         tiles: list[Tile] = [tuple(t) for t in chunk.tiles]  # type: ignore[misc]
         aoi = to_shape(job.aoi)
         params = CleanParams.from_options(
-            (job.params or {}).get("options", {}),
-            threshold=float((job.params or {}).get("options", {}).get("threshold", threshold)),
-            peak_depth=peak_depth,
+            (job.params or {}).get("options", {}), threshold=threshold, peak_depth=peak_depth
         )
         model, version = job.model_name, job.model_version
         chunks_done, chunks_total = job.chunks_done, job.chunks_total
