@@ -168,7 +168,7 @@ def run_fold(out: str, train_on: list[str], args: argparse.Namespace, work: Path
             epochs=args.epochs,
             batch_size=8,
             lr=args.lr,
-            seed=0,
+            seed=args.seed,
             patience=args.epochs,
             run_dir=work / f"run-{out}",
             resume=False,
@@ -281,6 +281,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the run's seed: initial weights, draws, and split"
+    )
     parser.add_argument("--augment", default="basic", choices=RECIPES)
     parser.add_argument("--finetune", action="store_true", help="also fine-tune on a third")
     parser.add_argument(
@@ -322,8 +325,8 @@ def main() -> None:
     schedule = (
         f"{args.architecture} width {args.width} depth {args.depth}"
         f"{', border class' if args.border else ''}, z19 chips, {args.epochs} epochs max, "
-        f"batch 8, lr {args.lr}, augmentation {args.augment}, best epoch on a tune split "
-        "of the training places"
+        f"batch 8, lr {args.lr}, augmentation {args.augment}, seed {args.seed}, best epoch "
+        "on a tune split of the training places"
         + ("; a third of the left-out place trained on, the other two thirds scored"
            if args.with_third else "")
     )  # fmt: skip
