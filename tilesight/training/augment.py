@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch.nn import functional as F
 
 from tilesight.model.labels import IGNORE
+from tilesight.training.spec import Augmentation
 
-RECIPES = ("basic", "full", "scale")
+#: the recipe names, as a training run may ask for them (one list: the spec's)
+RECIPES: tuple[str, ...] = get_args(Augmentation)
 
 
 @dataclass(frozen=True)
