@@ -104,15 +104,13 @@ def hard_negative_ranker(
     if model.config.activation == "softmax" or spec.multiclass:
         raise InvalidInput("hard negatives are mined for building models, not multi-class ones")
     cut = threshold if threshold is not None else meta["threshold"]
-    b = spec.buffer
 
     def rank(chips: Sequence[Chip]) -> list[float]:
         loader = DataLoader(ChipDataset(chips, spec, train=False), batch_size=8)
         scores: list[float] = []
-        with torch.inference_mode():
-            for batch in loader:
-                prob = model(batch["image"])[:, 0, b : -b or None, b : -b or None]
-                scores += (prob >= cut).flatten(1).sum(1).float().tolist()
+        for logits, _ in _predicted(model, loader):
+            prob = torch.sigmoid(logits[:, 0].float())[_core_of(spec.buffer)]
+            scores += (prob >= cut).flatten(1).sum(1).float().tolist()
         return scores
 
     return rank
